@@ -1,0 +1,386 @@
+"""MetaLearner: the MELTR training step (inner update + periodic meta update of the meta loss).
+
+Notation (DESIGN.md): w the model's trainable parameters, phi the meta loss's parameters,
+``l(w; B)`` the ``[T]`` task-loss vector of batch B (primary task first) and
+``M(l; phi)`` the meta loss. The inner update descends ``M(l(w; B); phi)`` in w. The meta
+update descends ``L_pri = l_0(w; B_pri) + gamma * |M(l(w; B_aux)) - sum_t l_t(w; B_aux)|`` in
+phi, with the implicit hypergradient
+
+    dL_pri/dphi = direct - d/dphi sum_t c_t * dM/dl_t(l(w; B_aux); phi),   c_t = (dl_t/dw) . q,
+
+where ``q ~= H^{-1} v``, ``v = dL_pri/dw``, ``H = d^2 M(l(w; B_aux)) / dw^2`` (from the solver)
+and ``direct = gamma * sign(M - sum l) * dM/dphi`` (``direct_grad=True``; the reference
+implementation drops it). Only the tiny meta network is differentiated twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from meltr.objective import (
+    LossSource,
+    PinnedLosses,
+    capture_rng,
+    math_attention,
+    restore_rng,
+    stack_losses,
+)
+from meltr.products import make_products
+from meltr.solvers import Identity, Solver, Unrolled
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+@dataclass
+class _Pass:
+    """One evaluation of a batch: the pinned loss function and its losses (graph kept)."""
+
+    losses: PinnedLosses
+    values: torch.Tensor
+
+
+class MetaLearner:
+    """Fine-tunes ``model`` on the meta loss ``M(l; phi)`` and meta-learns phi.
+
+    Args:
+        model: the backbone; its trainable (``requires_grad``) parameters are w.
+        meta_loss: a ``MetaLossTransformer``, ``LinearMetaLoss`` or any module mapping ``[T]``
+            losses to a scalar, twice differentiable in its input.
+        loss_source: ``loss_source(model, batch) -> Mapping[str, Tensor]`` of scalar losses,
+            primary task first, same keys on every call, deterministic given the parameters,
+            the batch and the global RNG state.
+        optimizer: torch optimizer over the model's parameters (inner updates).
+        meta_optimizer: torch optimizer over ``meta_loss``'s parameters, or None for the
+            baselines without meta-learning (no meta steps, no replay buffer).
+        solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | Unrolled``.
+        products: ``"finite_difference" | "forward" | "autograd"`` (see ``meltr.products``).
+        meta_every: a meta update on every ``meta_every``-th call of ``step``.
+        gamma: weight of the regularizer ``|M - sum_t l_t|`` in ``L_pri``.
+        replay: number of recent training batches the meta step draws B_pri and B_aux from
+            (independently, uniformly); 0 uses the current batch for both.
+        meta_grad_clip: max global norm of phi's gradient (None: no clipping).
+        direct_grad: include the regularizer's direct ``dL_pri/dphi`` term.
+        reduce: applied to the loss-derivative vector ``c`` and to each of phi's gradients
+            before they are used; the seam for distributed training (e.g. an all-reduce mean).
+            Default: identity.
+        replay_seed: seed of the dedicated generator for replay draws (the global RNG is
+            never used for them).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta_loss: nn.Module,
+        loss_source: LossSource,
+        optimizer: torch.optim.Optimizer,
+        meta_optimizer: torch.optim.Optimizer | None,
+        solver: Solver | None = None,
+        products: str = "finite_difference",
+        meta_every: int = 5,
+        gamma: float = 0.1,
+        replay: int = 10,
+        meta_grad_clip: float | None = 1.0,
+        direct_grad: bool = True,
+        reduce: Reduce | None = None,
+        replay_seed: int = 0,
+    ) -> None:
+        if meta_every < 1:
+            raise ValueError(f"meta_every must be >= 1, got {meta_every}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if replay < 0:
+            raise ValueError(f"replay must be >= 0, got {replay}")
+        if meta_grad_clip is not None and meta_grad_clip <= 0:
+            raise ValueError(f"meta_grad_clip must be > 0 or None, got {meta_grad_clip}")
+        solver = Identity() if solver is None else solver
+        if not hasattr(solver, "solve") and not isinstance(solver, Unrolled):
+            raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")
+        self.products = make_products(products)
+        self.model = model
+        self.meta_loss = meta_loss
+        self.loss_source = loss_source
+        self.optimizer = optimizer
+        self.meta_optimizer = meta_optimizer
+        self.solver = solver
+        self.meta_every = meta_every
+        self.gamma = float(gamma)
+        self.replay = replay
+        self.meta_grad_clip = meta_grad_clip
+        self.direct_grad = direct_grad
+        self.reduce = _identity_reduce if reduce is None else reduce
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("model has no trainable parameters (requires_grad=True)")
+        self.keys: list[str] | None = None
+        self.step_count = 0
+        self.skipped = {"nonfinite_loss": 0, "nonfinite_hypergrad": 0}
+        self.generator = torch.Generator().manual_seed(replay_seed)
+        self.buffer: collections.deque = collections.deque(maxlen=max(replay, 1))
+
+    # ------------------------------------------------------------------ evaluation helpers
+
+    @property
+    def _meta_dtype(self) -> torch.dtype:
+        return next(self.meta_loss.parameters()).dtype
+
+    def _meta(self, losses: torch.Tensor) -> torch.Tensor:
+        """``M(l; phi)`` with the graph to phi."""
+        return self.meta_loss(losses.to(self._meta_dtype))
+
+    def _frozen_meta(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``M(l; phi)`` with phi detached (for products that must not touch phi)."""
+        detached = {n: p.detach() for n, p in self.meta_loss.named_parameters()}
+        return lambda losses: torch.func.functional_call(
+            self.meta_loss, detached, (losses.to(self._meta_dtype),)
+        )
+
+    def _set_keys(self, losses: dict) -> None:
+        keys = list(losses.keys())
+        num_tasks = getattr(self.meta_loss, "num_tasks", None)
+        if num_tasks is not None and num_tasks != len(keys):
+            raise ValueError(
+                f"meta loss has num_tasks={num_tasks} but the loss source returned "
+                f"{len(keys)} losses {keys}"
+            )
+        self.keys = keys
+
+    def _forward(self, batch: Any) -> _Pass:
+        """Evaluate the loss source on ``batch`` with a graph, pinning the current RNG state."""
+        rng = capture_rng()
+        raw = self.loss_source(self.model, batch)
+        if self.keys is None:
+            self._set_keys(raw)
+        pinned = PinnedLosses(self.model, self.loss_source, batch, self.keys, rng)
+        return _Pass(pinned, stack_losses(raw, self.keys))
+
+    def _loss_derivative(self, values: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """``dM/dl`` at ``values`` (detached), ``[T]``; graph to phi kept if ``create_graph``."""
+        losses = values.detach().to(self._meta_dtype).requires_grad_()
+        with torch.enable_grad():
+            meta = self._meta(losses)
+            (grad,) = torch.autograd.grad(
+                meta, losses, create_graph=create_graph, allow_unused=True, materialize_grads=True
+            )
+        return grad
+
+    def _phi_grads(self, objective: torch.Tensor) -> list[torch.Tensor]:
+        """``d objective / d phi`` aligned with ``meta_loss.parameters()`` (zeros where unused)."""
+        phi = list(self.meta_loss.parameters())
+        trainable = [p for p in phi if p.requires_grad]
+        grads = iter(
+            torch.autograd.grad(objective, trainable, allow_unused=True, materialize_grads=True)
+            if objective.requires_grad and trainable
+            else [torch.zeros_like(p) for p in trainable]
+        )
+        return [next(grads) if p.requires_grad else torch.zeros_like(p) for p in phi]
+
+    @contextlib.contextmanager
+    def _no_side_effects(self) -> Iterator[None]:
+        """Restore the global RNG(s) and the model's buffers on exit."""
+        rng = capture_rng()
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            restore_rng(rng)
+
+    # ------------------------------------------------------------------ hypergradients
+
+    def hypergradient(self, primary_batch: Any, aux_batch: Any) -> list[torch.Tensor]:
+        """``dL_pri/dphi`` as the solver approximates it, aligned with
+        ``meta_loss.parameters()`` (what the meta optimizer receives as ``.grad``).
+
+        Changes no parameter, buffer, ``.grad``, optimizer state or global RNG state. When
+        ``primary_batch is aux_batch`` the losses are computed once.
+        """
+        with self._no_side_effects():
+            return self._hypergradient(primary_batch, aux_batch, current=None)[0]
+
+    def _hypergradient(
+        self, primary_batch: Any, aux_batch: Any, current: _Pass | None
+    ) -> tuple[list[torch.Tensor], float]:
+        """(hypergradient, L_pri). ``current``, if given, is a pass whose batch object may be
+        reused for either side instead of evaluating it again."""
+
+        def evaluate(batch: Any) -> _Pass:
+            if current is not None and batch is current.losses.batch:
+                return current
+            return self._forward(batch)
+
+        primary = evaluate(primary_batch)
+        aux = primary if aux_batch is primary_batch else evaluate(aux_batch)
+        if isinstance(self.solver, Unrolled):
+            return self._unrolled_hypergradient(primary.losses, aux.losses)
+        return self._implicit_hypergradient(primary, aux)
+
+    def _implicit_hypergradient(
+        self, primary: _Pass, aux: _Pass
+    ) -> tuple[list[torch.Tensor], float]:
+        params = self.params
+        aux_values = aux.values.detach().to(self._meta_dtype).requires_grad_()
+        with torch.enable_grad():
+            meta_aux = self._meta(aux_values)
+            (dmeta_dl,) = torch.autograd.grad(
+                meta_aux, aux_values, create_graph=True, allow_unused=True, materialize_grads=True
+            )
+        residual = meta_aux - aux_values.sum()
+        sign = residual.detach().sign()
+        l_pri = float(primary.values[0].detach()) + self.gamma * float(residual.detach().abs())
+
+        # v = dL_pri/dw
+        #   = grad l_0(B_pri) + gamma sign(M - sum l) sum_t (dM/dl_t - 1) grad l_t(B_aux)
+        primary_coeff = torch.zeros_like(primary.values)
+        primary_coeff[0] = 1.0
+        aux_coeff = (self.gamma * sign * (dmeta_dl.detach() - 1.0)).to(aux.values.dtype)
+        if aux is primary:
+            outputs, coeffs = [primary.values], [primary_coeff + aux_coeff]
+        elif self.gamma == 0.0:
+            outputs, coeffs = [primary.values], [primary_coeff]
+        else:
+            outputs, coeffs = [primary.values, aux.values], [primary_coeff, aux_coeff]
+        v = torch.autograd.grad(
+            outputs,
+            [p for _, p in params],
+            coeffs,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+
+        meta = self._frozen_meta()
+        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
+        c = self.reduce(self.products.loss_jvp(aux.losses, params, q).to(self._meta_dtype))
+
+        objective = -(c.detach() * dmeta_dl).sum()
+        if self.direct_grad:
+            objective = objective + self.gamma * residual.abs()
+        return [self.reduce(g) for g in self._phi_grads(objective)], l_pri
+
+    def _unrolled_hypergradient(
+        self, primary: PinnedLosses, aux: PinnedLosses
+    ) -> tuple[list[torch.Tensor], float]:
+        weights = {n: p for n, p in self.params}
+        inner = self.solver.inner_weights(weights, lambda w: self._meta(aux.at(w)))
+        with torch.enable_grad():
+            with math_attention():
+                l_pri_values = primary.at(inner)
+                aux_values = l_pri_values if aux is primary else aux.at(inner)
+            meta = self._meta if self.direct_grad else self._frozen_meta()
+            residual = meta(aux_values) - aux_values.sum().to(self._meta_dtype)
+            l_pri = l_pri_values[0].to(self._meta_dtype) + self.gamma * residual.abs()
+        return [self.reduce(g) for g in self._phi_grads(l_pri)], float(l_pri)
+
+    # ------------------------------------------------------------------ training step
+
+    def step(self, batch: Any) -> dict[str, float]:
+        """One inner update of the model on ``M(l(w; batch); phi)``, preceded on every
+        ``meta_every``-th call by a meta update of phi.
+
+        A meta step whose primary and/or aux batch is the current batch reuses this step's
+        forward pass. A non-finite task loss skips the step (weights untouched, no meta
+        step, batch not kept for replay); a non-finite hypergradient skips the meta update.
+        Returns flat float metrics: ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``,
+        ``skipped/nonfinite_loss`` and ``skipped/nonfinite_hypergrad`` (running totals) and,
+        on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
+        """
+        self.step_count += 1
+        current = self._forward(batch)
+        values = current.values
+        metrics = {f"loss/{k}": float(v) for k, v in zip(self.keys, values.detach(), strict=True)}
+        if not bool(torch.isfinite(values).all()):
+            self.skipped["nonfinite_loss"] += 1
+            return metrics | self._skip_metrics()
+
+        if self.meta_optimizer is not None:
+            if self.replay > 0:
+                self.buffer.append(batch)
+            if self.step_count % self.meta_every == 0:
+                metrics |= self._meta_step(current)
+
+        dmeta_dl = self._loss_derivative(values, create_graph=False)
+        with torch.no_grad():
+            metrics["meta_loss"] = float(self._meta(values.detach()))
+        grads = torch.autograd.grad(
+            values, [p for _, p in self.params], dmeta_dl.to(values.dtype), allow_unused=True
+        )
+        for (_, p), g in zip(self.params, grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        metrics |= {f"dM/dl/{k}": float(g) for k, g in zip(self.keys, dmeta_dl, strict=True)}
+        return metrics | self._skip_metrics()
+
+    def _skip_metrics(self) -> dict[str, float]:
+        return {f"skipped/{k}": float(v) for k, v in self.skipped.items()}
+
+    def _meta_step(self, current: _Pass) -> dict[str, float]:
+        start = time.perf_counter()
+        if self.replay == 0:
+            primary_batch = aux_batch = current.losses.batch
+        else:
+            i, j = torch.randint(len(self.buffer), (2,), generator=self.generator).tolist()
+            primary_batch, aux_batch = self.buffer[i], self.buffer[j]
+        with self._no_side_effects():
+            grads, l_pri = self._hypergradient(primary_batch, aux_batch, current)
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+        metrics = {"meta/L_pri": l_pri, "meta/hypergrad_norm": norm}
+        if math.isfinite(norm):
+            for p, g in zip(self.meta_loss.parameters(), grads, strict=True):
+                p.grad = g.detach()
+            if self.meta_grad_clip is not None:
+                nn.utils.clip_grad_norm_(list(self.meta_loss.parameters()), self.meta_grad_clip)
+            self.meta_optimizer.step()
+        else:
+            self.skipped["nonfinite_hypergrad"] += 1
+        metrics["meta/seconds"] = time.perf_counter() - start
+        return metrics
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Meta-net, both optimizers, step counter, replay generator and buffer, skip counters,
+        loss keys. The model's weights are not included."""
+        return {
+            "meta_loss": self.meta_loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "meta_optimizer": None
+            if self.meta_optimizer is None
+            else self.meta_optimizer.state_dict(),
+            "step_count": self.step_count,
+            "generator": self.generator.get_state(),
+            "buffer": list(self.buffer),
+            "skipped": dict(self.skipped),
+            "keys": self.keys,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()``; the model's weights must be restored separately."""
+        self.meta_loss.load_state_dict(state["meta_loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if (state["meta_optimizer"] is None) != (self.meta_optimizer is None):
+            raise ValueError(
+                "state has a meta_optimizer state iff this learner has a meta_optimizer"
+            )
+        if self.meta_optimizer is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.step_count = int(state["step_count"])
+        self.generator.set_state(state["generator"])
+        self.buffer.clear()
+        self.buffer.extend(state["buffer"])
+        self.skipped = dict(state["skipped"])
+        self.keys = None if state["keys"] is None else list(state["keys"])

@@ -1,0 +1,118 @@
+"""Reproducible evaluation of a loss source: the task-loss vector of one batch as a function of w.
+
+Hypergradients evaluate the same batch several times (perturbed weights, functional weights).
+Every evaluation must see the same dropout and masking draws, so a ``PinnedLosses`` captures the
+global RNG state once and replays it before each evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+RngState = tuple[torch.Tensor, list[torch.Tensor] | None]
+
+
+def capture_rng() -> RngState:
+    """The global CPU RNG state, and every CUDA device's when CUDA has been initialised."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def restore_rng(state: RngState) -> None:
+    """Set the global RNG(s) back to a state from ``capture_rng``."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Run attention through differentiable-everywhere math kernels.
+
+    Selects the math kernel of ``F.scaled_dot_product_attention`` and turns off the
+    ``nn.MultiheadAttention`` fast path (restored on exit): fused kernels have neither
+    double-backward nor forward-mode rules.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def stack_losses(losses: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
+    """Stack a loss source's output into a ``[T]`` vector in the order of ``keys``.
+
+    Raises ValueError when the keys differ from ``keys`` (naming both lists) or a loss is not
+    a scalar (naming its key and shape).
+    """
+    if list(losses.keys()) != list(keys):
+        raise ValueError(
+            f"loss source returned keys {list(losses.keys())}, expected {list(keys)} "
+            "(same keys in the same order on every call)"
+        )
+    for key, value in losses.items():
+        if value.numel() != 1:
+            raise ValueError(f"loss {key!r} must be a scalar, got shape {tuple(value.shape)}")
+    return torch.stack([losses[key].reshape(()) for key in keys])
+
+
+class _LossModule(nn.Module):
+    """Wraps ``loss_source(model, batch)`` as a module so ``torch.func.functional_call`` can
+    substitute the model's parameters across every ``model(...)`` call the source makes."""
+
+    def __init__(self, model: nn.Module, evaluate: Callable[[nn.Module], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._evaluate = evaluate
+
+    def forward(self) -> torch.Tensor:
+        return self._evaluate(self.model)
+
+
+class PinnedLosses:
+    """The ``[T]`` loss vector of one batch, with the global RNG replayed on every evaluation.
+
+    ``rng`` is the state the evaluations start from (default: the state at construction). Each
+    call leaves the global RNG advanced exactly as the loss source advances it; callers that
+    must leave no trace restore it themselves.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_source: LossSource,
+        batch: Any,
+        keys: Sequence[str],
+        rng: RngState | None = None,
+    ) -> None:
+        self.model = model
+        self.loss_source = loss_source
+        self.batch = batch
+        self.keys = list(keys)
+        self.rng = capture_rng() if rng is None else rng
+
+    def _evaluate(self, model: nn.Module) -> torch.Tensor:
+        restore_rng(self.rng)
+        return stack_losses(self.loss_source(model, self.batch), self.keys)
+
+    def __call__(self) -> torch.Tensor:
+        """Losses at the model's live parameters (graph recorded if grad mode is on)."""
+        return self._evaluate(self.model)
+
+    def at(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Losses with the named parameters replaced by ``params`` (``torch.func`` compatible)."""
+        wrapper = _LossModule(self.model, self._evaluate)
+        named = {f"model.{name}": value for name, value in params.items()}
+        return torch.func.functional_call(wrapper, named, ())

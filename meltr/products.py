@@ -1,0 +1,186 @@
+"""Jacobian- and Hessian-vector products of the backbone's losses (DESIGN.md section 2).
+
+Every backend offers two products along a tangent ``q`` shaped like the trainable parameters:
+
+- ``loss_jvp(losses, params, q) -> c`` with ``c_t = (dl_t/dw) . q``, shape ``[T]``;
+- ``hvp(losses, params, meta, q) -> H q`` with ``H = d^2 meta(l(w)) / dw^2``.
+
+``losses`` is a ``PinnedLosses`` (one batch, RNG replayed per evaluation), ``params`` the list of
+``(name, parameter)`` pairs that make up ``w``, ``meta`` maps the ``[T]`` loss vector to a scalar
+and must not record a graph to the meta parameters (pass it a detached copy). No backend changes
+the parameters' values or ``.grad``; forward passes may update buffers (the caller restores them).
+
+Backends:
+
+- ``finite_difference``: central differences of no-grad forwards (``loss_jvp``) or of gradients
+  (``hvp``) at ``w +- eps q``. Works with any kernel, FSDP and checkpointing. Step rule:
+  ``eps = cbrt(machine_eps(dtype)) * (1 + ||w||) / ||q||``, so the perturbation ``eps * q`` has
+  norm ``cbrt(machine_eps) * (1 + ||w||)``: relative to the weights it is the step that balances
+  the O(eps^2) truncation error of central differences against O(machine_eps / eps) rounding.
+  The parameters are restored bit-exactly from one saved copy.
+- ``forward``: ``torch.func.jvp`` over ``torch.func.functional_call`` (exact); the HVP is
+  forward-over-reverse. Runs under the math attention kernel.
+- ``autograd``: reverse mode only: one backward per task for ``loss_jvp`` and classic double
+  backward for ``hvp`` (exact; the reference implementation's method; for checking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from meltr.objective import PinnedLosses, math_attention
+
+NamedParams = Sequence[tuple[str, nn.Parameter]]
+MetaFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _grads(output: torch.Tensor, params: NamedParams, **kwargs) -> list[torch.Tensor]:
+    """``d output / d params``, zeros for parameters the output does not depend on."""
+    tensors = [p for _, p in params]
+    if not output.requires_grad:
+        return [torch.zeros_like(p) for p in tensors]
+    grads = torch.autograd.grad(output, tensors, allow_unused=True, **kwargs)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(tensors, grads, strict=True)]
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+
+
+def finite_difference_step(params: NamedParams, tangent: Sequence[torch.Tensor]) -> float:
+    """The central-difference step ``eps`` for perturbing ``params`` along ``tangent``
+    (0.0 when the tangent is zero). See the module docstring for the rule."""
+    tangent_norm = float(torch.linalg.vector_norm(torch.stack([t.norm() for t in tangent])))
+    if tangent_norm == 0.0:
+        return 0.0
+    weight_norm = float(
+        torch.linalg.vector_norm(torch.stack([p.detach().norm() for _, p in params]))
+    )
+    relative = torch.finfo(params[0][1].dtype).eps ** (1.0 / 3.0)
+    return relative * (1.0 + weight_norm) / tangent_norm
+
+
+class FiniteDifference:
+    """Central differences with the same RNG state on both sides; see the module docstring."""
+
+    name = "finite_difference"
+
+    @staticmethod
+    @torch.no_grad()
+    def _central(params: NamedParams, tangent: Sequence[torch.Tensor], eps: float, evaluate):
+        """``(evaluate() at w + eps q) - (evaluate() at w - eps q)) / (2 eps)`` for a tensor or a
+        list of tensors; w is restored bit-exactly from one saved copy."""
+        tensors = [p for _, p in params]
+        saved = [p.detach().clone() for p in tensors]
+        try:
+            results = []
+            for sign in (1.0, -1.0):
+                for p, t in zip(tensors, tangent, strict=True):
+                    p.add_(t, alpha=sign * eps)
+                results.append(evaluate())
+                for p, s in zip(tensors, saved, strict=True):
+                    p.copy_(s)
+        finally:
+            for p, s in zip(tensors, saved, strict=True):
+                p.copy_(s)
+        plus, minus = results
+        if isinstance(plus, torch.Tensor):
+            return (plus - minus) / (2.0 * eps)
+        return [(a - b) / (2.0 * eps) for a, b in zip(plus, minus, strict=True)]
+
+    def loss_jvp(
+        self, losses: PinnedLosses, params: NamedParams, tangent: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        eps = finite_difference_step(params, tangent)
+        if eps == 0.0:
+            return torch.zeros(len(losses.keys), dtype=params[0][1].dtype)
+        return self._central(params, tangent, eps, losses)
+
+    def hvp(
+        self,
+        losses: PinnedLosses,
+        params: NamedParams,
+        meta: MetaFn,
+        tangent: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        eps = finite_difference_step(params, tangent)
+        if eps == 0.0:
+            return [torch.zeros_like(p) for _, p in params]
+
+        def gradient() -> list[torch.Tensor]:
+            with torch.enable_grad():
+                return _grads(meta(losses()), params)
+
+        return self._central(params, tangent, eps, gradient)
+
+
+class Forward:
+    """Exact forward-mode products through ``torch.func`` under the math attention kernel."""
+
+    name = "forward"
+
+    def loss_jvp(
+        self, losses: PinnedLosses, params: NamedParams, tangent: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        primals = {name: p.detach() for name, p in params}
+        tangents = {name: t for (name, _), t in zip(params, tangent, strict=True)}
+        with math_attention(), torch.no_grad():
+            _, c = torch.func.jvp(losses.at, (primals,), (tangents,))
+        return c
+
+    def hvp(
+        self,
+        losses: PinnedLosses,
+        params: NamedParams,
+        meta: MetaFn,
+        tangent: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        primals = {name: p.detach() for name, p in params}
+        tangents = {name: t for (name, _), t in zip(params, tangent, strict=True)}
+        gradient = torch.func.grad(lambda w: meta(losses.at(w)))
+        # torch.func.grad ignores the outer no_grad, which only stops a graph to the caller.
+        with math_attention(), torch.no_grad():
+            _, hq = torch.func.jvp(gradient, (primals,), (tangents,))
+        return [hq[name] for name, _ in params]
+
+
+class Autograd:
+    """Exact reverse-mode products (double backward for the HVP) under the math kernel."""
+
+    name = "autograd"
+
+    def loss_jvp(
+        self, losses: PinnedLosses, params: NamedParams, tangent: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        with math_attention(), torch.enable_grad():
+            values = losses()
+            return torch.stack(
+                [
+                    _dot(_grads(values[t], params, retain_graph=True), tangent)
+                    for t in range(values.numel())
+                ]
+            ).detach()
+
+    def hvp(
+        self,
+        losses: PinnedLosses,
+        params: NamedParams,
+        meta: MetaFn,
+        tangent: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        with math_attention(), torch.enable_grad():
+            gradient = _grads(meta(losses()), params, create_graph=True)
+            return [g.detach() for g in _grads(_dot(gradient, tangent), params)]
+
+
+PRODUCTS = {cls.name: cls for cls in (FiniteDifference, Forward, Autograd)}
+
+
+def make_products(name: str) -> FiniteDifference | Forward | Autograd:
+    """The products backend called ``name``; ValueError listing the valid names otherwise."""
+    if name not in PRODUCTS:
+        raise ValueError(f"unknown products {name!r}; expected one of {sorted(PRODUCTS)}")
+    return PRODUCTS[name]()

@@ -1,0 +1,147 @@
+"""Hypergradient solvers: how ``q ~= H^{-1} v`` is obtained (DESIGN.md section 1).
+
+``Identity``, ``Neumann`` and ``ConjugateGradient`` are implicit solvers: ``solve(hvp, v)`` maps
+the gradient ``v = dL_pri/dw`` (a list of tensors shaped like the trainable parameters) to ``q``
+using only Hessian-vector products ``hvp(x) = H x`` of ``L_aux``. ``Unrolled`` instead
+differentiates through a few inner updates (``inner_weights``). No solver modifies the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torchopt
+
+from meltr.objective import math_attention
+
+Vector = list[torch.Tensor]
+HVP = Callable[[Vector], Vector]
+
+
+class Identity:
+    """``q = v``: the inverse Hessian taken as the identity (AID-FP-Lite; no HVP)."""
+
+    needs_hvp = False
+
+    def solve(self, hvp: HVP, v: Sequence[torch.Tensor]) -> Vector:
+        return list(v)
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+
+class Neumann:
+    """``q = alpha * sum_{j=0..steps} (I - alpha H)^j v`` (``steps`` HVPs, ``steps + 1`` terms).
+
+    This is ``torchopt.linalg.ns(H, v, maxiter=steps, alpha=alpha)``; it converges to
+    ``H^{-1} v`` when ``0 < alpha < 2 / lambda_max(H)`` and H is positive definite.
+    """
+
+    needs_hvp = True
+
+    def __init__(self, steps: int = 3, alpha: float = 1.0) -> None:
+        if steps < 0:
+            raise ValueError(f"Neumann steps must be >= 0, got {steps}")
+        if alpha <= 0:
+            raise ValueError(f"Neumann alpha must be > 0, got {alpha}")
+        self.steps = steps
+        self.alpha = alpha
+
+    def solve(self, hvp: HVP, v: Sequence[torch.Tensor]) -> Vector:
+        q = torchopt.linalg.ns(
+            lambda x: tuple(hvp(list(x))), tuple(v), self.steps, alpha=self.alpha
+        )
+        return list(q)
+
+    def __repr__(self) -> str:
+        return f"Neumann(steps={self.steps}, alpha={self.alpha})"
+
+
+class ConjugateGradient:
+    """Conjugate gradient on ``(H + damping I) q = v`` from ``q = 0``.
+
+    At most ``maxiter`` iterations (one HVP each); stops early once the residual satisfies
+    ``||v - (H + damping I) q|| <= tol * ||v||``. Built on ``torchopt.linalg.cg`` (its ``rtol``);
+    the product with the zero starting point is answered without an HVP.
+    """
+
+    needs_hvp = True
+
+    def __init__(self, maxiter: int = 10, damping: float = 0.0, tol: float = 1e-6) -> None:
+        if maxiter < 1:
+            raise ValueError(f"ConjugateGradient maxiter must be >= 1, got {maxiter}")
+        if damping < 0:
+            raise ValueError(f"ConjugateGradient damping must be >= 0, got {damping}")
+        if tol < 0:
+            raise ValueError(f"ConjugateGradient tol must be >= 0, got {tol}")
+        self.maxiter = maxiter
+        self.damping = damping
+        self.tol = tol
+
+    def solve(self, hvp: HVP, v: Sequence[torch.Tensor]) -> Vector:
+        def damped(x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            if not any(bool(t.any()) for t in x):
+                return x
+            return tuple(h + self.damping * t for h, t in zip(hvp(list(x)), x, strict=True))
+
+        q = torchopt.linalg.cg(damped, tuple(v), maxiter=self.maxiter, rtol=self.tol)
+        return list(q)
+
+    def __repr__(self) -> str:
+        return f"ConjugateGradient(maxiter={self.maxiter}, damping={self.damping}, tol={self.tol})"
+
+
+class Unrolled:
+    """Iterative differentiation: ``steps`` differentiable inner updates, then ``d L_pri / d phi``.
+
+    Starting from a detached functional copy of the weights, each step applies the torchopt
+    functional optimizer (``"sgd"`` or ``"adam"``, learning rate ``lr``) to
+    ``grad_w M(l(w; B_aux); phi)`` with ``create_graph=True``, so the result depends
+    differentiably on phi. Needs double backward through the backbone: runs under the math
+    attention kernel. The products backend is not used.
+    """
+
+    needs_hvp = False
+    OPTIMIZERS = ("sgd", "adam")
+
+    def __init__(self, steps: int = 3, lr: float = 1e-3, optimizer: str = "sgd") -> None:
+        if steps < 1:
+            raise ValueError(f"Unrolled steps must be >= 1, got {steps}")
+        if optimizer not in self.OPTIMIZERS:
+            raise ValueError(
+                f"Unrolled optimizer must be one of {self.OPTIMIZERS}, got {optimizer!r}"
+            )
+        self.steps = steps
+        self.lr = lr
+        self.optimizer = optimizer
+
+    def inner_weights(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        inner_loss: Callable[[Mapping[str, torch.Tensor]], torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Weights after ``steps`` differentiable updates on ``inner_loss(weights)`` (a scalar
+        that depends on phi), starting from a detached copy of ``weights``."""
+        transform = torchopt.sgd(self.lr) if self.optimizer == "sgd" else torchopt.adam(self.lr)
+        current = {name: w.detach().requires_grad_() for name, w in weights.items()}
+        state = transform.init(current)
+        with math_attention(), torch.enable_grad():
+            for _ in range(self.steps):
+                loss = inner_loss(current)
+                grads = torch.autograd.grad(
+                    loss, list(current.values()), create_graph=True, allow_unused=True
+                )
+                grads = {
+                    name: torch.zeros_like(w) if g is None else g
+                    for (name, w), g in zip(current.items(), grads, strict=True)
+                }
+                updates, state = transform.update(grads, state, params=current, inplace=False)
+                current = torchopt.apply_updates(current, updates, inplace=False)
+        return current
+
+    def __repr__(self) -> str:
+        return f"Unrolled(steps={self.steps}, lr={self.lr}, optimizer={self.optimizer!r})"
+
+
+Solver = Identity | Neumann | ConjugateGradient | Unrolled
