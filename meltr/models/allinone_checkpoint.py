@@ -1,0 +1,194 @@
+"""Load the official All-in-one checkpoints (and MELTR-trained ones) into :class:`AllInOne`.
+
+The release saves PyTorch Lightning files with the weights under ``"state_dict"``; the keys
+equal this package's ``AllInOne.state_dict()`` keys apart from the adaptations listed in
+:func:`load_allinone_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+STRIPPED_PREFIXES = ("module.", "model.")
+META_LOSS_PREFIX = "aux_model."
+TEMPORAL_KEY = "transformer.temporal_embed"
+TEXT_POSITION_KEY = "text_embeddings.position_embeddings.weight"
+# HuggingFace BertEmbeddings buffers; the model recomputes them.
+DROPPED_BUFFERS = ("text_embeddings.position_ids", "text_embeddings.token_type_ids")
+# The release's image-text matching head is this package's video-text matching head.
+RENAMED = {"itm_score.fc.weight": "vtm_score.weight", "itm_score.fc.bias": "vtm_score.bias"}
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_allinone_checkpoint` did, by (model-side) key.
+
+    ``loaded``: keys copied into the model (or, prefixed ``aux_model.``, into the meta loss);
+    ``missing``: model keys the checkpoint lacks (left as they were); ``unexpected``: checkpoint
+    keys the model lacks (skipped); ``adapted``: key -> what was changed to make it fit;
+    ``ignored``: ``aux_model.*`` keys skipped because no meta loss was given.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+def load_allinone_checkpoint(
+    model: nn.Module,
+    path: str | PathLike,
+    meta_loss: nn.Module | None = None,
+    *,
+    trust_pickle: bool = False,
+) -> LoadReport:
+    """Copy a checkpoint's weights into ``model`` (mutated in place) and report what happened.
+
+    ``path`` holds a Lightning checkpoint (weights under ``"state_dict"``) or a plain state
+    dict. Adaptations: leading ``module.`` / ``model.`` prefixes are stripped; the HF
+    ``position_ids`` / ``token_type_ids`` buffers are dropped; ``itm_score.fc.*`` becomes
+    ``vtm_score.*``; ``transformer.temporal_embed`` is cropped or zero-padded to the model's
+    frame count; a longer text position table is cropped, a shorter one fills the first rows and
+    the model keeps its own values for the rest. ``aux_model.*`` (the MELTR meta network) is
+    loaded into ``meta_loss`` when given, otherwise ignored.
+
+    Any other shape disagreement raises ``ValueError`` naming the key and both shapes; so does an
+    ``aux_model.*`` set that does not match ``meta_loss`` exactly. The file is read with
+    ``torch.load(weights_only=True)``, which never runs code from the file; a file that also
+    holds arbitrary Python objects (old Lightning files may) is refused unless
+    ``trust_pickle=True``, which unpickles it in full: only do that for files you trust.
+    """
+    state = _read_state_dict(path, trust_pickle)
+    report = LoadReport()
+    backbone, meta = {}, {}
+    for key, value in state.items():
+        key = _strip_prefixes(key)
+        if key.startswith(META_LOSS_PREFIX):
+            meta[key[len(META_LOSS_PREFIX) :]] = value
+        elif key in DROPPED_BUFFERS:
+            report.adapted[key] = "dropped (buffer recomputed by the model)"
+        elif key in RENAMED:
+            report.adapted[RENAMED[key]] = f"renamed from {key}"
+            backbone[RENAMED[key]] = value
+        else:
+            backbone[key] = value
+
+    own = model.state_dict()
+    to_load = {}
+    for key, value in backbone.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        to_load[key] = _fit(key, value, own[key], report)
+    model.load_state_dict(to_load, strict=False)
+    report.loaded.extend(to_load)
+    report.missing.extend(k for k in own if k not in to_load)
+
+    if meta_loss is None:
+        report.ignored.extend(META_LOSS_PREFIX + k for k in meta)
+    else:
+        _load_meta_loss(meta_loss, meta, path)
+        report.loaded.extend(META_LOSS_PREFIX + k for k in meta)
+
+    if report.missing:
+        logger.warning("%s: model keys missing from the checkpoint: %s", path, report.missing)
+    if report.unexpected:
+        logger.warning("%s: checkpoint keys the model lacks: %s", path, report.unexpected)
+    for key, change in report.adapted.items():
+        logger.info("%s: %s %s", path, key, change)
+    return report
+
+
+def _read_state_dict(path: str | PathLike, trust_pickle: bool) -> dict[str, Tensor]:
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust_pickle:
+            reason = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+            raise ValueError(
+                f"{path} holds Python objects besides tensors, so torch.load(weights_only=True) "
+                f"refused it ({reason[0] if reason else error}). If the file comes from a trusted "
+                "source, pass trust_pickle=True."
+            ) from error
+        logger.warning("%s: unpickling in full (trust_pickle=True)", path)
+        content = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
+        content = content["state_dict"]
+    if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
+        raise ValueError(
+            f"{path} is neither a state dict nor a Lightning checkpoint with a 'state_dict' entry"
+        )
+    return dict(content)
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in STRIPPED_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor:
+    """``value`` reshaped to ``current``'s shape where the format allows it, else ValueError."""
+    if value.shape == current.shape:
+        return value
+    same_but_dim1 = value.dim() == current.dim() == 3 and value.shape[::2] == current.shape[::2]
+    same_but_dim0 = value.dim() == current.dim() == 2 and value.shape[1] == current.shape[1]
+    if key == TEMPORAL_KEY and same_but_dim1:
+        frames, wanted = value.shape[1], current.shape[1]
+        fitted = value.new_zeros(current.shape)
+        fitted[:, : min(frames, wanted)] = value[:, :wanted]
+        change = "cropped" if frames > wanted else "zero-padded"
+        report.adapted[key] = f"{change} from {frames} to {wanted} frames"
+        return fitted
+    if key == TEXT_POSITION_KEY and same_but_dim0:
+        rows, wanted = value.shape[0], current.shape[0]
+        if rows > wanted:
+            report.adapted[key] = f"cropped from {rows} to {wanted} positions"
+            return value[:wanted]
+        fitted = current.clone()
+        fitted[:rows] = value
+        report.adapted[key] = f"rows 0..{rows - 1} loaded, rows {rows}..{wanted - 1} kept"
+        return fitted
+    raise ValueError(
+        f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model expects "
+        f"{tuple(current.shape)}"
+    )
+
+
+def _load_meta_loss(meta_loss: nn.Module, meta: dict[str, Tensor], path: str | PathLike) -> None:
+    own = meta_loss.state_dict()
+    problems = []
+    if not meta:
+        problems.append(f"the checkpoint has no {META_LOSS_PREFIX}* entries")
+    missing = sorted(set(own) - set(meta))
+    unexpected = sorted(set(meta) - set(own))
+    if meta and missing:
+        problems.append(f"meta-loss keys missing from the checkpoint: {missing}")
+    if unexpected:
+        problems.append(f"checkpoint {META_LOSS_PREFIX}* keys the meta loss lacks: {unexpected}")
+    problems.extend(
+        f"{META_LOSS_PREFIX}{k}: checkpoint shape {tuple(meta[k].shape)}, meta loss expects "
+        f"{tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(meta))
+        if meta[k].shape != own[k].shape
+    )
+    if problems:
+        raise ValueError(
+            f"{path}: cannot load {META_LOSS_PREFIX}* into {type(meta_loss).__name__}: "
+            + "; ".join(problems)
+        )
+    meta_loss.load_state_dict(meta)
