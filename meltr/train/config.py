@@ -1,0 +1,128 @@
+"""Turning command-line configuration into gin bindings, and gin's operative config into a dict.
+
+Three sources of configuration, applied in this order (later wins):
+
+1. recipe files (``--gin FILE``),
+2. raw gin bindings (``--gin_param 'X.y = z'``),
+3. W&B sweep-agent style arguments (``--X.y=value`` or ``--X.y value``), converted here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+
+import gin
+from gin import config_parser
+
+
+class ConfigError(Exception):
+    """A configuration mistake found before any data is read or any model is built (exit code 2)."""
+
+
+# A gin selector with an optional scope: ``X.y``, ``scope/X.y``, ``module.X.y``.
+_BINDING_NAME = re.compile(r"^[A-Za-z_][\w/]*(\.[A-Za-z_]\w*)+$")
+# A macro name as the recipes write them: ``DATA_DIR``.
+_MACRO_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+# Text that clearly tries to be a Python literal: if it does not parse, it is an error.
+_LITERAL_START = re.compile(r"^[\[\(\{'\"0-9+\-.]")
+
+
+def value_to_gin(name: str, text: str) -> str:
+    """Gin source text for a command-line value of binding ``name``.
+
+    Python literals pass unchanged (``0.1``, ``[1, 0]``, ``None``, ``'x'``), ``@Name()`` /
+    ``@Name`` and ``%MACRO`` stay references, and any other bare word (``adamw``,
+    ``/data/msrvtt``) becomes a quoted string. Text that starts like a literal but does not parse
+    (``[1,``, ``1e-4x``) raises ConfigError.
+    """
+    text = text.strip()
+    if text.startswith(("@", "%")):
+        return text
+    try:
+        ast.literal_eval(text)
+        return text
+    except (ValueError, SyntaxError) as error:
+        if _LITERAL_START.match(text):
+            raise ConfigError(f"cannot parse the value of --{name}: {text!r} ({error})") from None
+    return repr(text)
+
+
+def sweep_args_to_bindings(args: Sequence[str]) -> list[str]:
+    """Bindings from sweep-agent arguments (``--X.y=value``, ``--X.y value``, ``--MACRO=value``).
+
+    Raises ConfigError naming the argument when one is not of that form.
+    """
+    bindings = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: expected --Configurable.param=value")
+        name, has_value, value = arg[2:].partition("=")
+        if not (_BINDING_NAME.match(name) or _MACRO_NAME.match(name)):
+            raise ConfigError(
+                f"unknown argument {arg!r}: options are --gin, --gin_param, --output, --resume, "
+                "or a gin binding --Configurable.param=value"
+            )
+        if not has_value:
+            position += 1
+            if position == len(args) or args[position].startswith("--"):
+                raise ConfigError(f"argument {arg!r} has no value")
+            value = args[position]
+        bindings.append(f"{name} = {value_to_gin(name, value)}")
+        position += 1
+    return bindings
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Clear gin and apply ``files`` then ``bindings``; any failure becomes a ConfigError naming it.
+
+    Unknown configurables and parameters, unparsable values and missing files are all caught here,
+    before anything is built.
+    """
+    gin.clear_config()
+    for path in files:
+        try:
+            gin.parse_config_file(path)
+        except OSError as error:
+            raise ConfigError(f"cannot read gin file {path}: {error}") from None
+        except Exception as error:  # gin raises ValueError, SyntaxError, TokenError, ...
+            raise ConfigError(f"in gin file {path}: {error}") from None
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as error:
+            raise ConfigError(f"bad gin binding {binding!r}: {error}") from None
+
+
+def config_to_dict(config_text: str) -> dict[str, object]:
+    """Flatten gin config text to ``{"scope/Name.param": value, "MACRO": value}`` (e.g. for W&B).
+
+    Literal values keep their Python type; references and macros are kept as their gin text, so a
+    sweep's parameter names and values match the keys and values shown here.
+    """
+    flat: dict[str, object] = {}
+    parser = config_parser.ConfigParser(config_text, _KeepReferences())
+    for statement in parser:
+        if not isinstance(statement, config_parser.BindingStatement):
+            continue
+        prefix = f"{statement.scope}/" if statement.scope else ""
+        key = (
+            statement.selector
+            if not statement.arg_name
+            else f"{statement.selector}.{statement.arg_name}"
+        )
+        flat[prefix + key] = statement.value
+    return flat
+
+
+class _KeepReferences(config_parser.ParserDelegate):
+    """Parser delegate that renders ``@ref`` / ``%MACRO`` as text instead of resolving them."""
+
+    def configurable_reference(self, scoped_name: str, evaluate: bool) -> str:
+        return f"@{scoped_name}{'()' if evaluate else ''}"
+
+    def macro(self, name: str) -> str:
+        return f"%{name}"

@@ -1,0 +1,91 @@
+"""Where training numbers go: ``metrics.jsonl`` in the run directory and Weights & Biases.
+
+Both receive exactly the same dicts. W&B's mode comes from ``WANDB_MODE`` when set; otherwise it is
+``online`` when an API key is configured (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)
+and ``offline`` when not, so a machine without credentials never tries the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import wandb
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else ``online`` with credentials and ``offline`` without."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        has_login = netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        has_login = False
+    return "online" if has_login else "offline"
+
+
+class RunLog:
+    """Appends one JSON object per ``log`` call to ``run_dir/metrics.jsonl`` and mirrors it to W&B.
+
+    ``config`` (the flattened operative gin config) becomes the W&B run config; ``resume_id``
+    continues an existing W&B run. Non-finite floats are written as JSON ``null``.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Mapping[str, object],
+        name: str,
+        resume_id: str | None = None,
+    ):
+        self.path = run_dir / "metrics.jsonl"
+        self._wandb = wandb.init(
+            dir=str(run_dir),
+            config=dict(config),
+            name=name,
+            mode=wandb_mode(),
+            id=resume_id,
+            resume="allow" if resume_id else None,
+        )
+
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run id (saved in checkpoints so a resumed run continues it)."""
+        return self._wandb.id
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        record = {"step": step, **{key: _finite_or_none(value) for key, value in values.items()}}
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        self._wandb.log(dict(values), step=step)
+
+    def finish(self) -> None:
+        self._wandb.finish()
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """All records of a run's ``metrics.jsonl``, in order."""
+    with (Path(run_dir) / "metrics.jsonl").open() as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
+    """Drop the records of steps after ``after_step`` (logged by a run that then crashed before
+    its next checkpoint), so a resumed run's ``metrics.jsonl`` has each step once."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        kept = [record for record in read_metrics(run_dir) if record["step"] <= after_step]
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
