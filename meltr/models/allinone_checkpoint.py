@@ -26,6 +26,28 @@ TEXT_POSITION_KEY = "text_embeddings.position_embeddings.weight"
 DROPPED_BUFFERS = ("text_embeddings.position_ids", "text_embeddings.token_type_ids")
 # The release's image-text matching head is this package's video-text matching head.
 RENAMED = {"itm_score.fc.weight": "vtm_score.weight", "itm_score.fc.bias": "vtm_score.bias"}
+# The release's meta network (module ``MELTR``: loss_fc1/2, task_embedding, a torch
+# TransformerEncoderLayer, fc1) -> ``meltr.MetaLossTransformer`` names; same maths and shapes.
+RELEASE_META_LOSS_KEYS = {
+    "loss_fc1.weight": "scale_embedding.0.weight",
+    "loss_fc1.bias": "scale_embedding.0.bias",
+    "loss_fc2.weight": "scale_embedding.2.weight",
+    "loss_fc2.bias": "scale_embedding.2.bias",
+    "task_embedding.weight": "task_embedding.weight",
+    "encoder.self_attn.in_proj_weight": "attention.in_proj.weight",
+    "encoder.self_attn.in_proj_bias": "attention.in_proj.bias",
+    "encoder.self_attn.out_proj.weight": "attention.out_proj.weight",
+    "encoder.self_attn.out_proj.bias": "attention.out_proj.bias",
+    "encoder.linear1.weight": "feed_forward.0.weight",
+    "encoder.linear1.bias": "feed_forward.0.bias",
+    "encoder.linear2.weight": "feed_forward.3.weight",
+    "encoder.linear2.bias": "feed_forward.3.bias",
+    "encoder.norm1.weight": "norm1.weight",
+    "encoder.norm1.bias": "norm1.bias",
+    "encoder.norm2.weight": "norm2.weight",
+    "encoder.norm2.bias": "norm2.bias",
+    "fc1.weight": "head.weight",
+}
 
 
 @dataclass
@@ -60,7 +82,8 @@ def load_allinone_checkpoint(
     ``vtm_score.*``; ``transformer.temporal_embed`` is cropped or zero-padded to the model's
     frame count; a longer text position table is cropped, a shorter one fills the first rows and
     the model keeps its own values for the rest. ``aux_model.*`` (the MELTR meta network) is
-    loaded into ``meta_loss`` when given, otherwise ignored.
+    loaded into ``meta_loss`` when given, with the release's names translated to
+    ``meltr.MetaLossTransformer``'s where they are the release's; otherwise it is ignored.
 
     Any other shape disagreement raises ``ValueError`` naming the key and both shapes; so does an
     ``aux_model.*`` set that does not match ``meta_loss`` exactly. The file is read with
@@ -97,6 +120,10 @@ def load_allinone_checkpoint(
     if meta_loss is None:
         report.ignored.extend(META_LOSS_PREFIX + k for k in meta)
     else:
+        own_meta = meta_loss.state_dict()
+        if set(meta) != set(own_meta) and set(meta) == set(RELEASE_META_LOSS_KEYS):
+            meta = {RELEASE_META_LOSS_KEYS[k]: v for k, v in meta.items()}
+            report.adapted[META_LOSS_PREFIX + "*"] = "renamed from the release's MELTR module"
         _load_meta_loss(meta_loss, meta, path)
         report.loaded.extend(META_LOSS_PREFIX + k for k in meta)
 
