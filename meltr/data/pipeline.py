@@ -1,0 +1,306 @@
+"""Train and eval DataLoaders over WebDataset video shards (format and batch dict: ARCHITECTURE.md).
+
+Batches are built inside the DataLoader workers (`DataLoader(batch_size=None)`); the DataLoader
+hands them out round-robin: global batch `i` is batch `i // num_workers` of worker
+`i % num_workers`.
+
+Training determinism and exact resume. Worker `w` of rank `r` plays the *role*
+`(w + start_batch) % num_workers` (so that a resumed loader's first batch comes from the role that
+would have produced it). A role reads an infinite, deterministic stream of raw samples: shards
+drawn with replacement and a shuffle buffer, both seeded by (seed, rank, role). Its `j`-th batch
+is made of the raw samples `[j * batch_size, (j + 1) * batch_size)` of that stream, and the
+random choices for raw sample `n` (caption, frames, crop, MLM) come from a generator seeded by
+(seed, rank, role, n). Resuming at `start_batch` therefore drops the first
+`(start_batch + w) // num_workers` batches' worth of raw samples without decoding them, and
+yields exactly what an uninterrupted loader yields from batch `start_batch` on.
+
+Corrupt samples (bad video, missing or invalid json, no captions) are skipped with a warning
+naming the key and shard, and counted in the next batch's `num_corrupt`. A training batch holds
+the *valid* samples of its raw window, so it is smaller than `batch_size` by the number of
+corrupt samples in the window; a window with no valid sample yields no batch (its count moves
+to the next batch), the one case where resume is no longer exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from meltr.data.samples import ClipSpec, CorruptSampleError, collate, eval_items, train_item
+from meltr.data.text import WordPieceTokenizer
+
+TRAIN_PATTERN = "train-*.tar"
+TEST_PATTERN = "test-*.tar"
+
+
+def find_shards(data_dir: str | Path, pattern: str) -> list[str]:
+    """Sorted paths of the shards matching `pattern` in `data_dir`."""
+    shards = sorted(str(path) for path in Path(data_dir).glob(pattern))
+    if not shards:
+        raise FileNotFoundError(f"no shards matching {pattern!r} in data directory {data_dir}")
+    return shards
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from non-negative integers (different tuples -> unrelated seeds)."""
+    state = np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def key_hash(key: str) -> int:
+    """A stable (process-independent) integer for a sample key."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _worker() -> tuple[int, int]:
+    """`(worker id, number of workers)` of the current DataLoader worker; `(0, 1)` outside one."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _warn_corrupt(sample: dict, error: Exception) -> None:
+    warnings.warn(
+        f"skipping corrupt sample {sample.get('__key__')!r} in shard {sample.get('__url__')}: "
+        f"{error}",
+        stacklevel=2,
+    )
+
+
+def _warn_shard_error(error: Exception) -> bool:
+    """webdataset handler for tar-level errors: warn (the exception names the shard), go on."""
+    warnings.warn(f"skipping the rest of a shard after a read error: {error!r}", stacklevel=2)
+    return True
+
+
+def _raw_samples(shards: Iterable[str]) -> Iterator[dict]:
+    """Undecoded samples of `shards` in order, each shard's file closed once read."""
+    for shard in shards:
+        with open(shard, "rb") as stream:
+            files = tar_file_expander([{"url": shard, "stream": stream}], handler=_warn_shard_error)
+            yield from group_by_keys(files, handler=_warn_shard_error)
+
+
+def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = (torch.distributed.get_rank() if distributed else 0) if rank is None else rank
+        world_size = (
+            (torch.distributed.get_world_size() if distributed else 1)
+            if world_size is None
+            else world_size
+        )
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    return rank, world_size
+
+
+class _TrainStream(IterableDataset):
+    """Infinite batches of one rank (see the module docstring for the contract)."""
+
+    def __init__(
+        self,
+        shards: list[str],
+        tokenizer: WordPieceTokenizer,
+        spec: ClipSpec,
+        batch_size: int,
+        seed: int,
+        start_batch: int,
+        rank: int,
+        shuffle_buffer: int,
+    ):
+        super().__init__()
+        self.shards, self.tokenizer, self.spec = shards, tokenizer, spec
+        self.batch_size, self.seed, self.start_batch, self.rank = (
+            batch_size,
+            seed,
+            start_batch,
+            rank,
+        )
+        self.shuffle_buffer = shuffle_buffer
+
+    def _shuffled_raw_samples(self, role: int) -> Iterator[dict]:
+        shard_rng = random.Random(derive_seed(self.seed, self.rank, role, 0))
+        shard_choices = (shard_rng.choice(self.shards) for _ in itertools.count())
+        samples = _raw_samples(shard_choices)
+        shuffle_rng = random.Random(derive_seed(self.seed, self.rank, role, 1))
+        return wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)(
+            samples
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        role = (worker + self.start_batch) % num_workers
+        first = (worker + self.start_batch) // num_workers * self.batch_size
+        raw = itertools.islice(self._shuffled_raw_samples(role), first, None)
+        num_corrupt = 0
+        for window_start in itertools.count(first, self.batch_size):
+            items = []
+            for index in range(window_start, window_start + self.batch_size):
+                sample = next(raw)
+                generator = _generator(derive_seed(self.seed, self.rank, role, 2, index))
+                try:
+                    items.append(train_item(sample, self.tokenizer, self.spec, generator))
+                except CorruptSampleError as error:
+                    _warn_corrupt(sample, error)
+                    num_corrupt += 1
+            if items:
+                yield collate(items, num_corrupt)
+                num_corrupt = 0
+
+
+class _EvalStream(IterableDataset):
+    """One pass over the test shards, this rank-and-worker's share (see `eval_loader`)."""
+
+    def __init__(
+        self,
+        shards: list[str],
+        tokenizer: WordPieceTokenizer,
+        spec: ClipSpec,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        view: int | None,
+    ):
+        super().__init__()
+        self.shards, self.tokenizer, self.spec = shards, tokenizer, spec
+        self.batch_size, self.rank, self.world_size, self.view = batch_size, rank, world_size, view
+
+    def _my_samples(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        readers = self.world_size * num_workers
+        reader = self.rank * num_workers + worker
+        if len(self.shards) >= readers:
+            return _raw_samples(self.shards[reader::readers])
+        samples = _raw_samples(self.shards)
+        return itertools.islice(samples, reader, None, readers)
+
+    def _sample_generator(self, key: str) -> torch.Generator:
+        if self.view is None:
+            return _generator(derive_seed(key_hash(key)))
+        return _generator(derive_seed(self.view, key_hash(key)))
+
+    def __iter__(self) -> Iterator[dict]:
+        pending: list[dict] = []
+        num_corrupt = 0
+        for sample in self._my_samples():
+            generator = self._sample_generator(sample["__key__"])
+            try:
+                random_frames = self.view is not None
+                pending += eval_items(sample, self.tokenizer, self.spec, random_frames, generator)
+            except CorruptSampleError as error:
+                _warn_corrupt(sample, error)
+                num_corrupt += 1
+            # A full batch waits for one more item, so that corrupt samples at the end of the
+            # stream are still counted (in the last batch).
+            while len(pending) > self.batch_size:
+                yield collate(pending[: self.batch_size], num_corrupt)
+                pending, num_corrupt = pending[self.batch_size :], 0
+        if pending:
+            yield collate(pending, num_corrupt)
+
+
+def _check_sizes(batch_size: int, spec: ClipSpec, num_workers: int) -> None:
+    for name, value in (
+        ("batch_size", batch_size),
+        ("num_frames", spec.num_frames),
+        ("image_size", spec.image_size),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if spec.resize < spec.image_size:
+        raise ValueError(f"resize ({spec.resize}) must be >= image_size ({spec.image_size})")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
+def train_loader(
+    data_dir: str | Path,
+    tokenizer: WordPieceTokenizer,
+    batch_size: int,
+    num_frames: int = 3,
+    image_size: int = 224,
+    resize: int = 268,
+    num_workers: int = 4,
+    seed: int = 0,
+    start_batch: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shuffle_buffer: int = 128,
+) -> DataLoader:
+    """Infinite training batches over `train-*.tar` in `data_dir` (module docstring: contract).
+
+    Each batch holds up to `batch_size` (video, caption) items, one random caption per sample
+    visit. The batch sequence is a deterministic function of (seed, rank, world_size,
+    num_workers); `start_batch=k` yields exactly the batches an uninterrupted loader yields from
+    batch k on, without decoding the skipped samples. `rank`/`world_size` default to those of
+    the initialised process group (else 0 / 1). Shards are drawn with replacement, so every rank
+    and worker always has data.
+    """
+    spec = ClipSpec(num_frames, image_size, resize)
+    _check_sizes(batch_size, spec, num_workers)
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+    rank, _ = _resolve_rank(rank, world_size)
+    stream = _TrainStream(
+        find_shards(data_dir, TRAIN_PATTERN),
+        tokenizer,
+        spec,
+        batch_size,
+        seed,
+        start_batch,
+        rank,
+        shuffle_buffer,
+    )
+    return DataLoader(stream, batch_size=None, num_workers=num_workers)
+
+
+def eval_loader(
+    data_dir: str | Path,
+    tokenizer: WordPieceTokenizer,
+    batch_size: int,
+    num_frames: int = 3,
+    image_size: int = 224,
+    resize: int = 268,
+    num_workers: int = 4,
+    rank: int | None = None,
+    world_size: int | None = None,
+    view: int | None = None,
+) -> DataLoader:
+    """One pass over `test-*.tar` in `data_dir`: one item per (video, caption) pair, centre crop.
+
+    `view=None` takes the segment-centre frames; `view=k` takes random frames inside the segments
+    from a generator seeded by (k, sample key), a different but reproducible sample per view.
+    Each sample is used by exactly one (rank, worker): shards are dealt out round-robin when
+    there are at least `world_size * max(num_workers, 1)` of them; otherwise every reader reads
+    all shards and keeps every `world_size * workers`-th sample. Order is deterministic and does
+    not depend on `view`. The last batch of each worker may be smaller. Corrupt samples are
+    counted in a later batch of the same worker; only a worker whose samples are all corrupt has
+    no batch to count them in (they are still warned about).
+    """
+    spec = ClipSpec(num_frames, image_size, resize)
+    _check_sizes(batch_size, spec, num_workers)
+    if view is not None and view < 0:
+        raise ValueError(f"view must be None or >= 0, got {view}")
+    rank, world_size = _resolve_rank(rank, world_size)
+    stream = _EvalStream(
+        find_shards(data_dir, TEST_PATTERN), tokenizer, spec, batch_size, rank, world_size, view
+    )
+    return DataLoader(stream, batch_size=None, num_workers=num_workers)
