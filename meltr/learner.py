@@ -284,7 +284,7 @@ class MetaLearner:
             meta = self._meta if self.direct_grad else self._frozen_meta()
             residual = meta(aux_values) - aux_values.sum().to(self._meta_dtype)
             l_pri = l_pri_values[0].to(self._meta_dtype) + self.gamma * residual.abs()
-        return [self.reduce(g) for g in self._phi_grads(l_pri)], float(l_pri)
+        return [self.reduce(g) for g in self._phi_grads(l_pri)], float(l_pri.detach())
 
     # ------------------------------------------------------------------ training step
 
