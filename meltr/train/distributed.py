@@ -1,0 +1,339 @@
+"""Process-group setup from torchrun's environment, model wrapping per strategy, and the few
+cross-rank operations exact meta-learning needs.
+
+Strategies (gin: ``Distributed.strategy``):
+
+- ``"none"``: one process, no process group.
+- ``"ddp"``: ``DistributedDataParallel``; gradients are averaged over ranks.
+- ``"fsdp"``: FSDP2 (``fully_shard``) on every transformer block and on the root; gradients are
+  averaged and sharded over ranks (``reduce_scatter``).
+
+Why the meta-learning stays exact across ranks (see docs/distributed.md): every rank sees its slice
+of the global batch. ``global_mean_losses`` gives every rank the global-batch loss values while
+keeping gradients local, so DDP's / FSDP's gradient averaging yields the exact global gradient and
+everything the meta network sees (losses, finite-difference products) is identical on every rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+import gin
+
+STRATEGIES = ("none", "ddp", "fsdp")
+DISTRIBUTED_PRODUCTS = ("finite_difference",)
+DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient")
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@gin.configurable
+@dataclass(frozen=True)
+class Distributed:
+    """How a run is spread over processes.
+
+    strategy: "none" | "ddp" | "fsdp".
+    mixed_precision: FSDP only, GPU only: bf16 parameters and compute, fp32 gradient reduction.
+    activation_checkpointing: recompute every transformer block in backward (non-reentrant).
+    debug_checks: after every meta step, verify the meta network is bit-identical on all ranks.
+    timeout_minutes: how long a collective may wait before the process group aborts.
+    """
+
+    strategy: str = "none"
+    mixed_precision: bool = False
+    activation_checkpointing: bool = False
+    debug_checks: bool = False
+    timeout_minutes: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"Distributed.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}"
+            )
+        if self.mixed_precision and self.strategy != "fsdp":
+            raise ValueError(
+                "Distributed.mixed_precision=True needs Distributed.strategy='fsdp' "
+                f"(got {self.strategy!r})"
+            )
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the run. ``world_size == 1`` and ``rank == 0`` for "none"."""
+
+    strategy: str
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on the one process that logs and writes replicated state (rank 0)."""
+        return self.rank == 0
+
+
+def init_distributed(config: Distributed) -> DistributedContext:
+    """Start the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT) and pick this process's device: ``cuda:LOCAL_RANK`` with nccl when a
+    GPU is present, CPU with gloo otherwise.
+
+    "ddp"/"fsdp" without torchrun's environment start a one-process group, so a sharded run can be
+    debugged with plain ``python``. "none" under a multi-process launch is refused: every process
+    would train its own copy.
+    """
+    present = {name: os.environ[name] for name in _TORCHRUN_VARIABLES if name in os.environ}
+    world_size = int(present.get("WORLD_SIZE", "1"))
+    if config.strategy == "none":
+        if world_size > 1:
+            raise RuntimeError(
+                f"WORLD_SIZE={world_size} (launched by torchrun) but Distributed.strategy='none'; "
+                "set Distributed.strategy to 'ddp' or 'fsdp'"
+            )
+        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        return DistributedContext("none", 0, 1, 0, device)
+    if config.mixed_precision and not torch.cuda.is_available():
+        raise ValueError(
+            "Distributed.mixed_precision=True (bf16) needs a GPU; this machine has none"
+        )
+
+    local_rank = int(present.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    timeout = datetime.timedelta(minutes=config.timeout_minutes)
+    if "RANK" in present:
+        missing = [name for name in _TORCHRUN_VARIABLES if name not in present]
+        if missing:
+            raise RuntimeError(
+                f"incomplete torchrun environment: {', '.join(missing)} not set; "
+                "launch with torchrun"
+            )
+        dist.init_process_group(backend, timeout=timeout, device_id=_device_id(device))
+    else:
+        dist.init_process_group(
+            backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+        )
+    return DistributedContext(
+        config.strategy, dist.get_rank(), dist.get_world_size(), local_rank, device
+    )
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    return device if device.type == "cuda" else None
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: wait until every rank arrives, then destroy it.
+
+    Without the barrier a fast rank can tear down its gloo connections while a slow rank is still
+    inside a collective (or still sending its last bytes), and the slow rank aborts at exit.
+    A no-op when no process group is running.
+    """
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The outermost transformer blocks of ``model``, in registration order: instances of
+    ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` and modules whose class name
+    ends in ``Block`` (the convention of the backbones in ``meltr.models``). Blocks inside a block
+    are not listed again."""
+    blocks: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        is_block = isinstance(
+            module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer
+        ) or type(module).__name__.endswith("Block")
+        if is_block and module is not model:
+            blocks.append(module)
+            inside.update(id(sub) for sub in module.modules())
+    return blocks
+
+
+def wrap_model(model: nn.Module, context: DistributedContext, config: Distributed) -> nn.Module:
+    """Move ``model`` to ``context.device`` and wrap it for ``config.strategy``.
+
+    Mutates ``model``: activation checkpointing replaces each block by a ``CheckpointWrapper``
+    (state-dict keys are unchanged) and FSDP2 turns every block and the root into ``FSDPModule``s
+    whose parameters are ``DTensor`` shards. Returns the module to call: ``model`` itself for
+    "none"/"fsdp", a ``DistributedDataParallel`` around it for "ddp".
+    """
+    if config.strategy != context.strategy:
+        raise ValueError(
+            f"wrap_model: config.strategy={config.strategy!r} but the process group was started "
+            f"for {context.strategy!r}"
+        )
+    model.to(context.device)
+    blocks = transformer_blocks(model)
+    if config.activation_checkpointing:
+        if not blocks:
+            raise ValueError(
+                f"Distributed.activation_checkpointing=True but {type(model).__name__} has no "
+                "transformer blocks (nn.TransformerEncoderLayer or a class named *Block)"
+            )
+        block_ids = {id(block) for block in blocks}
+        apply_activation_checkpointing(
+            model,
+            checkpoint_wrapper_fn=partial(
+                checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT
+            ),
+            check_fn=lambda module: id(module) in block_ids,
+        )
+        blocks = [
+            module for module in model.modules() if _is_checkpoint_wrapper_of(module, block_ids)
+        ]
+    if config.strategy == "fsdp":
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if config.mixed_precision
+            else MixedPrecisionPolicy()
+        )
+        for block in blocks:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    if config.strategy == "ddp":
+        # Some backward passes use only part of the model (the primary loss alone in a meta
+        # step skips the other tasks' heads); DDP must then mark the unused parameters ready.
+        return DistributedDataParallel(
+            model, device_ids=_ddp_device_ids(context.device), find_unused_parameters=True
+        )
+    return model
+
+
+def _is_checkpoint_wrapper_of(module: nn.Module, block_ids: set[int]) -> bool:
+    wrapped = getattr(module, "_checkpoint_wrapped_module", None)
+    return wrapped is not None and id(wrapped) in block_ids
+
+
+def _ddp_device_ids(device: torch.device) -> list[int] | None:
+    return [device.index] if device.type == "cuda" else None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside a DDP wrapper (FSDP2 wraps in place, so it is returned as is)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is running."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_mean_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The learner's ``reduce_losses`` hook for data-parallel runs.
+
+    Returns ``l_local + (mean_over_ranks(l_local) - l_local)`` with the correction detached: the
+    value is the global-batch loss (for equal local batch sizes), identical on every rank, while
+    the gradient stays that of the local loss, so DDP's / FSDP's gradient averaging produces the
+    exact global gradient. One all-reduce for all losses. Identity without a process group.
+    """
+    if not is_distributed():
+        return dict(losses)
+    names = list(losses)
+    local = torch.stack([losses[name] for name in names])
+    if local.dim() != 1:
+        raise ValueError(
+            "global_mean_losses: every loss must be a scalar; got shapes "
+            + ", ".join(f"{name}={tuple(losses[name].shape)}" for name in names)
+        )
+    mean = local.detach().clone()
+    dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+    mean /= dist.get_world_size()
+    corrected = local + (mean - local.detach())
+    return {name: corrected[index] for index, name in enumerate(names)}
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``features`` ``[b, ...]`` along dim 0, in rank order, keeping
+    autograd: the backward sums each rank's gradient for this rank's rows.
+
+    A loss of the gathered features is the same global loss on every rank; summing in the
+    all-gather backward and then averaging in DDP/FSDP gives exactly the single-process gradient.
+    Every rank must pass the same shape. Identity without a process group.
+    """
+    if not is_distributed():
+        return features
+    return torch.cat(dist_autograd.all_gather(features), dim=0)
+
+
+def all_reduce_mean_grads(parameters: Iterable[torch.Tensor]) -> None:
+    """Average ``.grad`` of replicated (unsharded) parameters over ranks, in place. Parameters
+    without a gradient are skipped (the same ones on every rank)."""
+    if not is_distributed():
+        return
+    grads = [param.grad for param in parameters if param.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def assert_replicated(parameters: Iterable[torch.Tensor], meta_step: int) -> None:
+    """Raise if the replicated ``parameters`` (the meta network) differ on any rank.
+
+    Compares two float64 checksums per rank (the plain sum and a position-weighted sum, which also
+    catches permuted values) for exact equality. ``meta_step`` is named in the error.
+    """
+    if not is_distributed():
+        return
+    flat = torch.cat([param.detach().reshape(-1).to(torch.float64) for param in parameters])
+    positions = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    checksum = torch.stack([flat.sum(), (flat * positions).sum()])
+    every_rank = [torch.empty_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(every_rank, checksum)
+    if any(not torch.equal(other, every_rank[0]) for other in every_rank[1:]):
+        table = ", ".join(f"rank {r}: {c.tolist()}" for r, c in enumerate(every_rank))
+        raise RuntimeError(
+            f"meta-loss parameters differ across ranks after meta step {meta_step} ({table})"
+        )
+
+
+def check_meta_learning_supported(strategy: str, products: str, solver: object) -> None:
+    """Refuse, at start, the combinations a data-parallel run cannot execute.
+
+    "ddp"/"fsdp" cannot take double backward (``products="autograd"``), forward-mode derivatives
+    (``products="forward"``) or differentiable unrolled updates (solver ``Unrolled``) through the
+    backbone: FSDP2 frees gathered parameters after use and DDP reduces gradients in backward
+    hooks. ``solver`` is a solver instance (its class name is checked).
+    """
+    if strategy == "none":
+        return
+    solver_name = type(solver).__name__
+    if products not in DISTRIBUTED_PRODUCTS or solver_name not in DISTRIBUTED_SOLVERS:
+        raise ValueError(
+            f"Distributed.strategy={strategy!r} cannot run products={products!r} with solver "
+            f"{solver_name}: it needs double backward, forward mode or differentiable updates "
+            "through the backbone. Use products='finite_difference' with solver "
+            + ", ".join(DISTRIBUTED_SOLVERS[:-1])
+            + f" or {DISTRIBUTED_SOLVERS[-1]}"
+        )

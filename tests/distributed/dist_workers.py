@@ -1,0 +1,127 @@
+"""Functions each spawned rank runs (importable by spawned processes). Each writes what the test
+compares into ``out_dir / f"rank{rank}.pt"``."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from dist_toy import global_batch, local_losses, local_slice, make_model
+
+from meltr.train.distributed import (
+    Distributed,
+    assert_replicated,
+    gather_with_grad,
+    global_mean_losses,
+    init_distributed,
+    shutdown_distributed,
+    unwrap_model,
+    wrap_model,
+)
+from meltr.train.preemption import PreemptionHandler
+from meltr.train.sharded_checkpoint import save_checkpoint
+
+LOSS_WEIGHTS = torch.tensor([1.0, 0.3], dtype=torch.float64)
+
+
+def full_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient as a full tensor (zeros where unused), keyed by the unwrapped
+    parameter name."""
+    grads = {}
+    for name, param in unwrap_model(model).named_parameters():
+        grad = torch.zeros_like(param) if param.grad is None else param.grad
+        grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+        grads[name.replace("_checkpoint_wrapped_module.", "")] = grad.detach().clone()
+    return grads
+
+
+def contrastive_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Symmetric InfoNCE between two views of every sample, over the gathered global batch."""
+    first = F.normalize(gather_with_grad(model(batch["x"])["features"]), dim=-1)
+    second = F.normalize(gather_with_grad(model(batch["x"].flip(1))["features"]), dim=-1)
+    logits = first @ second.T / 0.05
+    targets = torch.arange(logits.shape[0])
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def gradient_worker(config: Distributed, out_dir: Path) -> None:
+    """Reduced losses and gradients of one step, and of the gathered contrastive loss."""
+    context = init_distributed(config)
+    model = wrap_model(make_model(), context, config)
+    batch = local_slice(global_batch(0), context.rank, context.world_size)
+
+    losses = global_mean_losses(local_losses(model, batch))
+    (torch.stack(list(losses.values())) @ LOSS_WEIGHTS).backward()
+    result = {"losses": torch.stack(list(losses.values())).detach(), "grads": full_gradients(model)}
+
+    for param in model.parameters():
+        param.grad = None
+    itc = contrastive_loss(model, batch)
+    itc.backward()
+    result |= {"itc": itc.detach(), "itc_grads": full_gradients(model)}
+
+    meta = torch.nn.Linear(2, 1).double()
+    assert_replicated(meta.parameters(), meta_step=7)
+    if context.rank == 1:
+        with torch.no_grad():
+            meta.bias.add_(1e-12)
+    try:
+        assert_replicated(meta.parameters(), meta_step=7)
+        result["divergence_error"] = ""
+    except RuntimeError as error:
+        result["divergence_error"] = str(error)
+    torch.save(result, out_dir / f"rank{context.rank}.pt")
+    shutdown_distributed()
+
+
+def train_steps(model, optimizer, steps: range, rank: int, world_size: int) -> list[torch.Tensor]:
+    """Plain data-parallel training on the reduced weighted losses; the loss vector per step."""
+    history = []
+    for step in steps:
+        batch = local_slice(global_batch(step), rank, world_size)
+        losses = torch.stack(list(global_mean_losses(local_losses(model, batch)).values()))
+        optimizer.zero_grad()
+        (losses @ LOSS_WEIGHTS).backward()
+        optimizer.step()
+        history.append(losses.detach().clone())
+    return history
+
+
+def checkpoint_worker(config: Distributed, out_dir: Path, save_after: int, total: int) -> None:
+    """Train ``save_after`` steps, checkpoint, then train on to ``total`` steps."""
+    context = init_distributed(config)
+    model = wrap_model(make_model(), context, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    rank, world_size = context.rank, context.world_size
+    history = train_steps(model, optimizer, range(save_after), rank, world_size)
+    save_checkpoint(
+        out_dir / "checkpoints",
+        save_after,
+        model,
+        optimizer,
+        replicated_state={"step": save_after, "meta": torch.arange(3.0)},
+        rank_state={"batches": [local_slice(global_batch(save_after - 1), rank, world_size)]},
+    )
+    history += train_steps(model, optimizer, range(save_after, total), rank, world_size)
+    torch.save({"history": history}, out_dir / f"rank{rank}.pt")
+    shutdown_distributed()
+
+
+def preemption_worker(
+    config: Distributed, out_dir: Path, signal_rank: int, signal_step: int
+) -> None:
+    """Loop until the ranks agree to stop; one rank signals itself at ``signal_step``."""
+    context = init_distributed(config)
+    stopped_at = None
+    with PreemptionHandler() as handler:
+        for step in range(signal_step + 5):
+            if context.rank == signal_rank and step == signal_step:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            if handler.stop_requested():
+                stopped_at = step
+                break
+    torch.save({"stopped_at": stopped_at}, out_dir / f"rank{context.rank}.pt")
+    shutdown_distributed()

@@ -1,0 +1,63 @@
+"""Two gloo processes with half the batch each reproduce one process with the whole batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dist_launcher import run_on_ranks
+from dist_toy import global_batch, local_losses, make_model
+from dist_workers import LOSS_WEIGHTS, gradient_worker
+
+from meltr.train.distributed import Distributed
+
+TOLERANCE = dict(rtol=1e-10, atol=1e-12)
+
+
+def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.zeros_like(param) if param.grad is None else param.grad.clone()
+        for name, param in model.named_parameters()
+    }
+
+
+def single_process_reference() -> dict:
+    """The same quantities computed independently: one model, the global batch, no collectives."""
+    model = make_model()
+    batch = global_batch(0)
+    losses = torch.stack(list(local_losses(model, batch).values()))
+    (losses @ LOSS_WEIGHTS).backward()
+    grads = gradients(model)
+    model.zero_grad()
+    first = F.normalize(model(batch["x"])["features"], dim=-1)
+    second = F.normalize(model(batch["x"].flip(1))["features"], dim=-1)
+    logits = first @ second.T / 0.05
+    targets = torch.arange(logits.shape[0])
+    itc = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    itc.backward()
+    itc_grads = gradients(model)
+    return {"losses": losses.detach(), "grads": grads, "itc": itc.detach(), "itc_grads": itc_grads}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Distributed(strategy="fsdp", activation_checkpointing=True),
+        Distributed(strategy="ddp"),
+    ],
+    ids=["fsdp+checkpointing", "ddp"],
+)
+def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
+    run_on_ranks(gradient_worker, 2, config, tmp_path)
+    expected = single_process_reference()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["losses"], expected["losses"], **TOLERANCE)
+        torch.testing.assert_close(got["itc"], expected["itc"], **TOLERANCE)
+        assert got["grads"].keys() == expected["grads"].keys()
+        for name, grad in expected["grads"].items():
+            torch.testing.assert_close(got["grads"][name], grad, **TOLERANCE, msg=name)
+            torch.testing.assert_close(
+                got["itc_grads"][name], expected["itc_grads"][name], **TOLERANCE, msg=name
+            )
+        assert "after meta step 7" in got["divergence_error"]
