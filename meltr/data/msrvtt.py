@@ -1,0 +1,217 @@
+"""Convert the official MSRVTT release into WebDataset shards (see docs/ARCHITECTURE.md).
+
+Expected layout of ``root``::
+
+    videos/video0.mp4 ... videos/video9999.mp4
+    MSR_VTT.json                      {"annotations": [{"image_id": "video0", "caption": ...}, ...]}
+    train_list_9k.txt | train_list_7k.txt   one video id per line
+    val_list_jsfusion.txt             the 1000 JSFusion test videos
+    jsfusion_val_caption_idx.pkl      optional: {video id: index of its test caption}
+    MSRVTT_JSFUSION_test.csv          optional (UniVL): columns key,vid_key,video_id,sentence
+
+Train samples carry every caption of the video, in ``MSR_VTT.json`` order. The test videos and their
+caption come from, in order of precedence:
+
+1. ``MSRVTT_JSFUSION_test.csv`` when present: its rows, in order, give the videos and captions;
+2. else ``val_list_jsfusion.txt`` with, per video, the caption that
+   ``jsfusion_val_caption_idx.pkl`` selects (an index into the video's ``MSR_VTT.json`` captions);
+3. else ``val_list_jsfusion.txt`` with each video's first caption.
+
+The mp4 bytes are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meltr.data.writer import Sample, write_shards
+
+TRAIN_LISTS = {"9k": "train_list_9k.txt", "7k": "train_list_7k.txt"}
+TEST_LIST = "val_list_jsfusion.txt"
+TEST_CAPTION_INDEX = "jsfusion_val_caption_idx.pkl"
+UNIVL_TEST_CSV = "MSRVTT_JSFUSION_test.csv"
+ANNOTATIONS = "MSR_VTT.json"
+
+
+@dataclass(frozen=True)
+class MsrvttVideo:
+    """One video to write: ``key`` is its id (``"video7010"``), ``path`` its mp4."""
+
+    key: str
+    path: Path
+    captions: tuple[str, ...]
+    split: str
+
+
+@dataclass(frozen=True)
+class MissingVideo:
+    """A listed video that cannot be written, and why."""
+
+    video_id: str
+    split: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.video_id} ({self.split}: {self.reason})"
+
+
+@dataclass
+class MsrvttPlan:
+    """What a conversion writes: videos per split, and the listed videos that cannot be written."""
+
+    train: list[MsrvttVideo] = field(default_factory=list)
+    test: list[MsrvttVideo] = field(default_factory=list)
+    missing: list[MissingVideo] = field(default_factory=list)
+    test_caption_source: str = ""
+
+
+class MissingVideosError(ValueError):
+    """Listed videos without an mp4 file or without captions; ``missing`` names them."""
+
+    def __init__(self, missing: list[MissingVideo]):
+        self.missing = missing
+        shown = ", ".join(str(m) for m in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        super().__init__(
+            f"{len(missing)} listed MSRVTT videos cannot be converted: {shown}{more} "
+            "(pass skip_missing / --skip-missing to leave them out)"
+        )
+
+
+def plan_msrvtt(root: str | os.PathLike, split: str = "9k") -> MsrvttPlan:
+    """Read the release's metadata and list the videos of ``split`` (``"9k"`` or ``"7k"``).
+
+    Raises:
+        ValueError: unknown split, or malformed metadata (naming the file and the entry).
+        FileNotFoundError: a required metadata file is absent (naming it).
+    """
+    if split not in TRAIN_LISTS:
+        raise ValueError(f"split must be one of {sorted(TRAIN_LISTS)}, got {split!r}")
+    root = Path(root)
+    captions = load_captions(root / ANNOTATIONS)
+    plan = MsrvttPlan()
+    for video_id in read_id_list(root / TRAIN_LISTS[split]):
+        _add(plan, plan.train, root, video_id, captions.get(video_id, []), "train")
+    test_captions, plan.test_caption_source = _test_captions(root, captions)
+    for video_id, chosen in test_captions.items():
+        _add(plan, plan.test, root, video_id, chosen, "test")
+    return plan
+
+
+def convert_msrvtt(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    split: str = "9k",
+    skip_missing: bool = False,
+    samples_per_shard: int = 200,
+) -> dict:
+    """Write ``train-*.tar`` and ``test-*.tar`` shards of the MSRVTT release at ``root``.
+
+    Resumable: complete shards already in ``out_dir`` are kept (see ``write_shards``).
+
+    Returns:
+        ``{"train": [shard paths], "test": [shard paths], "skipped": [MissingVideo],
+        "test_caption_source": file the test captions came from}``.
+
+    Raises:
+        MissingVideosError: some listed videos have no mp4 or no caption and ``skip_missing`` is
+            false; raised before anything is written.
+    """
+    plan = plan_msrvtt(root, split)
+    if plan.missing and not skip_missing:
+        raise MissingVideosError(plan.missing)
+    return {
+        "train": write_shards(plan.train, materialise_video, out_dir, "train", samples_per_shard),
+        "test": write_shards(plan.test, materialise_video, out_dir, "test", samples_per_shard),
+        "skipped": plan.missing,
+        "test_caption_source": plan.test_caption_source,
+    }
+
+
+def materialise_video(video: MsrvttVideo) -> Sample:
+    """The shard sample of ``video``: its mp4 bytes as they are on disk, and its captions."""
+    return {
+        "__key__": video.key,
+        "mp4": video.path.read_bytes(),
+        "json": {"video_id": video.key, "captions": list(video.captions), "split": video.split},
+    }
+
+
+def load_captions(path: Path) -> dict[str, list[str]]:
+    """``{video id: [captions in file order]}`` from ``MSR_VTT.json``."""
+    with open(path) as file:
+        data = json.load(file)
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: expected a top-level 'annotations' list")
+    captions: dict[str, list[str]] = {}
+    for position, entry in enumerate(annotations):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image_id"), str):
+            raise ValueError(f"{path}: annotations[{position}] has no str 'image_id'")
+        if not isinstance(entry.get("caption"), str):
+            raise ValueError(f"{path}: annotations[{position}] has no str 'caption'")
+        captions.setdefault(entry["image_id"], []).append(entry["caption"].strip())
+    return captions
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Video ids, one per non-empty line."""
+    with open(path) as file:
+        return [line.strip() for line in file if line.strip()]
+
+
+def _add(plan: MsrvttPlan, videos: list, root: Path, video_id: str, captions, split: str) -> None:
+    path = root / "videos" / f"{video_id}.mp4"
+    if not path.is_file():
+        plan.missing.append(MissingVideo(video_id, split, f"no file {path}"))
+    elif not captions:
+        plan.missing.append(MissingVideo(video_id, split, f"no caption in {ANNOTATIONS}"))
+    else:
+        videos.append(MsrvttVideo(video_id, path, tuple(captions), split))
+
+
+def _test_captions(root: Path, captions: dict[str, list[str]]) -> tuple[dict[str, list[str]], str]:
+    """``{test video id: [its test caption(s)]}`` by the precedence in the module docstring."""
+    if (root / UNIVL_TEST_CSV).is_file():
+        return _read_univl_csv(root / UNIVL_TEST_CSV), UNIVL_TEST_CSV
+    video_ids = read_id_list(root / TEST_LIST)
+    index_path = root / TEST_CAPTION_INDEX
+    if not index_path.is_file():
+        return {v: captions.get(v, [])[:1] for v in video_ids}, f"{TEST_LIST} (first captions)"
+    with open(index_path, "rb") as file:
+        chosen_index = pickle.load(file)
+    if not isinstance(chosen_index, dict):
+        raise ValueError(f"{index_path}: expected a dict video id -> caption index")
+    chosen = {}
+    for video_id in video_ids:
+        video_captions = captions.get(video_id, [])
+        if not video_captions:
+            chosen[video_id] = []  # reported as missing by the caller
+            continue
+        if video_id not in chosen_index:
+            raise ValueError(f"{index_path}: no caption index for {video_id}")
+        index = chosen_index[video_id]
+        if not 0 <= int(index) < len(video_captions):
+            raise ValueError(
+                f"{index_path}: caption index {index} for {video_id} is outside its "
+                f"{len(video_captions)} captions"
+            )
+        chosen[video_id] = [video_captions[int(index)]]
+    return chosen, TEST_CAPTION_INDEX
+
+
+def _read_univl_csv(path: Path) -> dict[str, list[str]]:
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        absent = {"video_id", "sentence"} - set(reader.fieldnames or [])
+        if absent:
+            raise ValueError(f"{path}: missing column(s) {sorted(absent)}")
+        captions: dict[str, list[str]] = {}
+        for row in reader:
+            captions.setdefault(row["video_id"].strip(), []).append(row["sentence"].strip())
+    return captions
