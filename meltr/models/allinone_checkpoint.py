@@ -74,7 +74,8 @@ def load_allinone_checkpoint(
     *,
     trust_pickle: bool = False,
 ) -> LoadReport:
-    """Copy a checkpoint's weights into ``model`` (mutated in place) and report what happened.
+    """Copy a checkpoint's weights into ``model`` (and ``meta_loss``), mutated in place only
+    once every check has passed, and report what happened.
 
     ``path`` holds a Lightning checkpoint (weights under ``"state_dict"``) or a plain state
     dict. Adaptations: leading ``module.`` / ``model.`` prefixes are stripped; the HF
@@ -113,18 +114,16 @@ def load_allinone_checkpoint(
             report.unexpected.append(key)
             continue
         to_load[key] = _fit(key, value, own[key], report)
-    model.load_state_dict(to_load, strict=False)
-    report.loaded.extend(to_load)
-    report.missing.extend(k for k in own if k not in to_load)
-
     if meta_loss is None:
         report.ignored.extend(META_LOSS_PREFIX + k for k in meta)
     else:
-        own_meta = meta_loss.state_dict()
-        if set(meta) != set(own_meta) and set(meta) == set(RELEASE_META_LOSS_KEYS):
-            meta = {RELEASE_META_LOSS_KEYS[k]: v for k, v in meta.items()}
-            report.adapted[META_LOSS_PREFIX + "*"] = "renamed from the release's MELTR module"
-        _load_meta_loss(meta_loss, meta, path)
+        meta = _match_meta_loss(meta_loss, meta, path, report)
+
+    model.load_state_dict(to_load, strict=False)
+    report.loaded.extend(to_load)
+    report.missing.extend(k for k in own if k not in to_load)
+    if meta_loss is not None:
+        meta_loss.load_state_dict(meta)
         report.loaded.extend(META_LOSS_PREFIX + k for k in meta)
 
     if report.missing:
@@ -196,8 +195,14 @@ def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor
     )
 
 
-def _load_meta_loss(meta_loss: nn.Module, meta: dict[str, Tensor], path: str | PathLike) -> None:
+def _match_meta_loss(
+    meta_loss: nn.Module, meta: dict[str, Tensor], path: str | PathLike, report: LoadReport
+) -> dict[str, Tensor]:
+    """``meta`` under ``meta_loss``'s key names, or ValueError listing every disagreement."""
     own = meta_loss.state_dict()
+    if set(meta) != set(own) and set(meta) == set(RELEASE_META_LOSS_KEYS):
+        meta = {RELEASE_META_LOSS_KEYS[k]: v for k, v in meta.items()}
+        report.adapted[META_LOSS_PREFIX + "*"] = "renamed from the release's MELTR module"
     problems = []
     if not meta:
         problems.append(f"the checkpoint has no {META_LOSS_PREFIX}* entries")
@@ -218,4 +223,4 @@ def _load_meta_loss(meta_loss: nn.Module, meta: dict[str, Tensor], path: str | P
             f"{path}: cannot load {META_LOSS_PREFIX}* into {type(meta_loss).__name__}: "
             + "; ".join(problems)
         )
-    meta_loss.load_state_dict(meta)
+    return meta

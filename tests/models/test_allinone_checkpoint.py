@@ -191,8 +191,11 @@ def test_aux_model_goes_into_the_meta_loss_only_when_given(tmp_path):
         torch.testing.assert_close(meta_loss(losses), release(losses))
     assert "aux_model.task_embedding.weight" in report.loaded
 
+    untouched = AllInOne(**TINY)
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
     with pytest.raises(ValueError, match="aux_model"):
-        load_allinone_checkpoint(AllInOne(**TINY), path, meta_loss=meltr.MetaLossTransformer(3))
+        load_allinone_checkpoint(untouched, path, meta_loss=meltr.MetaLossTransformer(3))
+    assert all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
 
 
 def test_pickled_objects_are_refused_unless_trusted(tmp_path):
