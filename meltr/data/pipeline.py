@@ -124,22 +124,16 @@ class _TrainStream(IterableDataset):
     ):
         super().__init__()
         self.shards, self.tokenizer, self.spec = shards, tokenizer, spec
-        self.batch_size, self.seed, self.start_batch, self.rank = (
-            batch_size,
-            seed,
-            start_batch,
-            rank,
-        )
-        self.shuffle_buffer = shuffle_buffer
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.start_batch, self.shuffle_buffer = start_batch, shuffle_buffer
 
     def _shuffled_raw_samples(self, role: int) -> Iterator[dict]:
         shard_rng = random.Random(derive_seed(self.seed, self.rank, role, 0))
         shard_choices = (shard_rng.choice(self.shards) for _ in itertools.count())
         samples = _raw_samples(shard_choices)
         shuffle_rng = random.Random(derive_seed(self.seed, self.rank, role, 1))
-        return wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)(
-            samples
-        )
+        shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)
+        return shuffle(samples)
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker()
@@ -194,12 +188,12 @@ class _EvalStream(IterableDataset):
         return _generator(derive_seed(self.view, key_hash(key)))
 
     def __iter__(self) -> Iterator[dict]:
+        random_frames = self.view is not None
         pending: list[dict] = []
         num_corrupt = 0
         for sample in self._my_samples():
             generator = self._sample_generator(sample["__key__"])
             try:
-                random_frames = self.view is not None
                 pending += eval_items(sample, self.tokenizer, self.spec, random_frames, generator)
             except CorruptSampleError as error:
                 _warn_corrupt(sample, error)
