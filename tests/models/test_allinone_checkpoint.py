@@ -3,7 +3,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY
+from allinone_tiny import TINY
 from torch import nn
 
 import meltr

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
+from allinone_tiny import TINY
 
 from meltr.models import AllInOne
 from meltr.models.allinone import Attention, temporal_roll
