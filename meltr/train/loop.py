@@ -133,20 +133,21 @@ def train(
         )
         truncate_metrics(run_dir, after_step=progress.step)
 
+    def test_loader(view: int | None) -> Any:
+        return test_data(
+            data_dir, text_tokenizer, batch_size=eval_batch_size or batch_size, view=view
+        )
+
+    # Built once now so that a bad evaluation setting fails before training, and so that the
+    # operative config below (which lists only configurables already called) is complete.
+    test_loader(None)
     config_text = gin.operative_config_str()
     (run_dir / "config.gin").write_text(config_text)
     log = RunLog(run_dir, config_to_dict(config_text), run_dir.name, progress.wandb_run_id)
     progress.wandb_run_id = log.run_id
 
     def evaluate() -> dict[str, float]:
-        return evaluate_retrieval(
-            net,
-            lambda view: test_data(
-                data_dir, text_tokenizer, batch_size=eval_batch_size or batch_size, view=view
-            ),
-            device,
-            eval_views,
-        )
+        return evaluate_retrieval(net, test_loader, device, eval_views)
 
     def save(name: str) -> None:
         save_training_checkpoint(
