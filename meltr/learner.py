@@ -195,9 +195,11 @@ class MetaLearner:
         try:
             yield
         finally:
+            # Through ``.data``: a bit-exact restore must not bump the buffers' autograd version
+            # counters, or the training step's recorded graph (which saved them) would be refused.
             with torch.no_grad():
                 for buffer, saved in buffers:
-                    buffer.copy_(saved)
+                    buffer.data.copy_(saved)
             restore_rng(rng)
 
     # ------------------------------------------------------------------ hypergradients

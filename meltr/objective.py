@@ -112,7 +112,13 @@ class PinnedLosses:
         return self._evaluate(self.model)
 
     def at(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Losses with the named parameters replaced by ``params`` (``torch.func`` compatible)."""
+        """Losses with the named parameters replaced by ``params`` (``torch.func`` compatible).
+
+        Buffers are replaced by fresh copies made inside the call: modules that update buffers
+        in place (BatchNorm) then mutate tensors local to any enclosing ``torch.func`` transform,
+        and the live buffers are left untouched.
+        """
         wrapper = _LossModule(self.model, self._evaluate)
         named = {f"model.{name}": value for name, value in params.items()}
+        named |= {f"model.{name}": b.clone() for name, b in self.model.named_buffers()}
         return torch.func.functional_call(wrapper, named, ())

@@ -73,8 +73,11 @@ class FiniteDifference:
     def _central(params: NamedParams, tangent: Sequence[torch.Tensor], eps: float, evaluate):
         """``(evaluate() at w + eps q) - (evaluate() at w - eps q)) / (2 eps)`` for a tensor or a
         list of tensors; w is restored bit-exactly from one saved copy."""
-        tensors = [p for _, p in params]
-        saved = [p.detach().clone() for p in tensors]
+        # Perturb through ``.data`` so the parameters' autograd version counters stay put: graphs
+        # recorded before this call (e.g. the training step's forward) remain usable, which is
+        # sound because the values are restored bit-exactly before those graphs are used.
+        tensors = [p.data for _, p in params]
+        saved = [p.clone() for p in tensors]
         try:
             results = []
             for sign in (1.0, -1.0):

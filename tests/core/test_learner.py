@@ -1,0 +1,283 @@
+"""MetaLearner: update rules, baselines, bad input, state round trip, side-effect freedom."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from core_toys import MLP, mlp_batch, mlp_source
+from torch import nn
+
+import meltr
+from meltr.solvers import ConjugateGradient, Identity, Unrolled
+
+
+def _meta_transformer():
+    return meltr.MetaLossTransformer(3, dim=16, heads=4, ff_dim=16, scale_hidden=8)
+
+
+def _learner(model=None, meta=None, **kwargs):
+    model = MLP() if model is None else model
+    meta = _meta_transformer() if meta is None else meta
+    kwargs.setdefault("optimizer", torch.optim.SGD(model.parameters(), lr=0.1))
+    kwargs.setdefault("meta_optimizer", torch.optim.SGD(meta.parameters(), lr=0.5))
+    return meltr.MetaLearner(model, meta, kwargs.pop("loss_source", mlp_source), **kwargs)
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize(("init", "weights"), [([1.0, 0.0, 0.0], [1, 0, 0]), (1.0, [1, 1, 1])])
+def test_fixed_linear_baselines_are_plain_sgd(init, weights):
+    torch.manual_seed(0)
+    model = MLP()
+    reference = copy.deepcopy(model)
+    meta = meltr.LinearMetaLoss(3, init=init).requires_grad_(False)
+    learner = _learner(model, meta, meta_optimizer=None, meta_every=1)
+    for seed in range(3):
+        batch = mlp_batch(seed)
+        metrics = learner.step(batch)
+        losses = mlp_source(reference, batch)
+        total = sum(w * loss for w, loss in zip(weights, losses.values(), strict=True))
+        grads = torch.autograd.grad(total, list(reference.parameters()), allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(reference.parameters(), grads, strict=True):
+                if g is not None:
+                    p -= 0.1 * g
+        assert "meta/L_pri" not in metrics
+        assert [metrics[f"dM/dl/{k}"] for k in losses] == weights
+    for actual, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected)
+    assert len(learner.buffer) == 0
+
+
+def test_meta_step_then_inner_step_on_reused_forward():
+    """One step with meta_every=1, replay=0: phi <- phi - lr_meta * hypergradient(batch, batch)
+    at the old w; then w <- w - lr * grad_w M(l(w); new phi). The loss source runs 3 times
+    (one forward, two finite-difference forwards), not 4."""
+    torch.manual_seed(0)
+    calls = []
+
+    def counting_source(model, batch):
+        calls.append(1)
+        return mlp_source(model, batch)
+
+    learner = _learner(meta_every=1, replay=0, meta_grad_clip=None, loss_source=counting_source)
+    model, meta = learner.model, learner.meta_loss
+    batch = mlp_batch(1)
+    torch.manual_seed(5)
+    hyper = learner.hypergradient(batch, batch)
+    assert len(calls) == 3
+    expected_phi = [p - 0.5 * h for p, h in zip(_params(meta), hyper, strict=True)]
+    calls.clear()
+    torch.manual_seed(5)
+    learner.step(batch)
+    assert len(calls) == 3
+    for actual, expected in zip(meta.parameters(), expected_phi, strict=True):
+        torch.testing.assert_close(actual.detach(), expected)
+
+    reference = MLP()
+    torch.manual_seed(0)
+    reference = MLP()  # same init as the learner's model before its step
+    losses = torch.stack(list(mlp_source(reference, batch).values()))
+    grads = torch.autograd.grad(meta(losses), list(reference.parameters()))
+    for actual, w, g in zip(model.parameters(), reference.parameters(), grads, strict=True):
+        torch.testing.assert_close(actual.detach(), w.detach() - 0.1 * g)
+
+
+def test_inner_step_leaves_phi_grad_untouched():
+    learner = _learner(meta_every=100)
+    learner.step(mlp_batch(0))
+    assert all(p.grad is None for p in learner.meta_loss.parameters())
+
+
+def test_step_metrics_and_meta_schedule():
+    learner = _learner(meta_every=2, replay=3)
+    keys = ["primary", "aux_a", "aux_b"]
+    first = learner.step(mlp_batch(0))
+    second = learner.step(mlp_batch(1))
+    for k in keys:
+        assert f"loss/{k}" in first and f"dM/dl/{k}" in first
+    assert "meta/L_pri" not in first
+    for key in ("meta/L_pri", "meta/hypergrad_norm", "meta/seconds", "meta_loss"):
+        assert math.isfinite(second[key])
+    assert second["skipped/nonfinite_loss"] == 0.0
+    assert len(learner.buffer) == 2
+
+
+def test_nonfinite_loss_skips_update():
+    def source(model, batch):
+        losses = mlp_source(model, batch)
+        if batch.get("poison"):
+            losses["aux_a"] = losses["aux_a"] * float("nan")
+        return losses
+
+    learner = _learner(meta_every=1, loss_source=source)
+    before = _params(learner.model)
+    metrics = learner.step({**mlp_batch(0), "poison": True})
+    assert metrics["skipped/nonfinite_loss"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(learner.model), strict=True))
+    assert len(learner.buffer) == 0
+    assert learner.step(mlp_batch(1))["skipped/nonfinite_loss"] == 1.0
+
+
+def test_nonfinite_hypergradient_skips_meta_update():
+    learner = _learner(meta_every=1, reduce=lambda t: t * float("nan"))
+    before = _params(learner.meta_loss)
+    metrics = learner.step(mlp_batch(0))
+    assert metrics["skipped/nonfinite_hypergrad"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(learner.meta_loss), strict=True))
+
+
+def test_changing_keys_raise_naming_both_lists():
+    def source(model, batch):
+        losses = mlp_source(model, batch)
+        return {
+            ("renamed" if k == "aux_b" and batch.get("rename") else k): v for k, v in losses.items()
+        }
+
+    learner = _learner()
+    learner.step(mlp_batch(0))
+    message = r"\['primary', 'aux_a', 'renamed'\].*\['primary', 'aux_a', 'aux_b'\]"
+    learner.loss_source = source
+    with pytest.raises(ValueError, match=message):
+        learner.step({**mlp_batch(1), "rename": True})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"meta_every": 0}, "meta_every"),
+        ({"gamma": -0.1}, "gamma"),
+        ({"replay": -1}, "replay"),
+        ({"products": "symbolic"}, "products 'symbolic'"),
+        ({"meta_grad_clip": 0.0}, "meta_grad_clip"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _learner(**kwargs)
+
+
+def test_num_tasks_mismatch_raises_on_first_step():
+    learner = _learner(meta=meltr.LinearMetaLoss(2))
+    with pytest.raises(ValueError, match="num_tasks=2.*3 losses"):
+        learner.step(mlp_batch(0))
+
+
+def _adam_learner(seed):
+    torch.manual_seed(seed)
+    model, meta = MLP(dropout=0.1), _meta_transformer()
+    return _learner(
+        model,
+        meta,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        meta_optimizer=torch.optim.Adam(meta.parameters(), lr=1e-2),
+        meta_every=2,
+        replay=3,
+    )
+
+
+def test_state_round_trip_continues_exactly():
+    batches = [mlp_batch(i) for i in range(10)]
+    original = _adam_learner(0)
+    for i in range(5):
+        torch.manual_seed(100 + i)
+        original.step(batches[i])
+    saved = io.BytesIO()
+    torch.save({"model": original.model.state_dict(), "learner": original.state_dict()}, saved)
+
+    resumed = _adam_learner(1)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=False)
+    resumed.model.load_state_dict(state["model"])
+    resumed.load_state_dict(state["learner"])
+    for i in range(5, 10):
+        for learner in (original, resumed):
+            torch.manual_seed(100 + i)
+            metrics = learner.step(batches[i])
+        assert metrics["skipped/nonfinite_hypergrad"] == 0.0
+    for a, b in zip(original.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(original.meta_loss.parameters(), resumed.meta_loss.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class _NormedMLP(nn.Module):
+    """An MLP with BatchNorm (buffers updated by every training-mode forward) and dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.2))
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(self.net(x))
+
+
+def _snapshot(learner):
+    def tensors(module):
+        return [t.detach().clone() for t in module.state_dict().values()]
+
+    return {
+        "model": tensors(learner.model),
+        "grads": [p.grad.clone() for p in learner.model.parameters()],
+        "meta": tensors(learner.meta_loss),
+        "meta_grads": [p.grad.clone() for p in learner.meta_loss.parameters()],
+        "optimizer": copy.deepcopy(learner.optimizer.state_dict()),
+        "meta_optimizer": copy.deepcopy(learner.meta_optimizer.state_dict()),
+        "rng": torch.get_rng_state(),
+        "generator": learner.generator.get_state(),
+    }
+
+
+def _assert_same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize(
+    ("solver", "products"),
+    [
+        (Identity(), "finite_difference"),
+        (ConjugateGradient(maxiter=3), "finite_difference"),
+        (ConjugateGradient(maxiter=3), "forward"),
+        (Identity(), "autograd"),
+        (Unrolled(steps=2, lr=0.1), "autograd"),
+    ],
+)
+def test_hypergradient_changes_no_state(solver, products):
+    torch.manual_seed(0)
+    model, meta = _NormedMLP(), _meta_transformer()
+    learner = _learner(
+        model,
+        meta,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        meta_optimizer=torch.optim.Adam(meta.parameters(), lr=1e-2),
+        solver=solver,
+        products=products,
+        meta_every=1,
+        replay=2,
+    )
+    learner.step(mlp_batch(0))
+    for p in list(model.parameters()) + list(meta.parameters()):
+        p.grad = torch.randn_like(p)
+    before = _snapshot(learner)
+    hyper = learner.hypergradient(mlp_batch(1), mlp_batch(2))
+    _assert_same(before, _snapshot(learner))
+    assert all(torch.isfinite(h).all() for h in hyper)
+    assert [h.shape for h in hyper] == [p.shape for p in meta.parameters()]
