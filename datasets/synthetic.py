@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--captions", type=int, default=5, help="captions per train clip")
     parser.add_argument("--samples-per-shard", type=int, default=256)
-    parser.add_argument("--codec", default="libx264", choices=("libx264", "mpeg4"))
+    parser.add_argument("--codec", default="mpeg4", choices=("mpeg4", "libx264"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     args = parser.parse_args()
 

@@ -148,8 +148,11 @@ def test_same_seed_same_bytes_and_another_seed_other_videos(tmp_path):
     assert file_bytes([one["vocab"]]) == file_bytes([two["vocab"]])
 
 
-def test_clips_decode_to_the_requested_frames_and_size_with_the_contracted_json(tmp_path):
-    paths = generate_synthetic_dataset(tmp_path, seed=1, captions_per_train_video=4, **TINY)
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_clips_decode_to_the_requested_frames_and_size_with_the_contracted_json(tmp_path, codec):
+    paths = generate_synthetic_dataset(
+        tmp_path, seed=1, captions_per_train_video=4, codec=codec, **TINY
+    )
     for split, count, num_captions in (("train", 5, 4), ("test", 3, 1)):
         samples = read_shards(paths[split])
         assert sorted(samples) == [f"synth-{split}-{i:06d}" for i in range(count)]
