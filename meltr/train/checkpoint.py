@@ -132,7 +132,7 @@ def save_training_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read one of our training checkpoints; ValueError naming the file if it is not one."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not is_training_checkpoint(checkpoint):
         raise ValueError(f"{path} is not a meltr training checkpoint (no format={FORMAT!r} entry)")
     if checkpoint["version"] != VERSION:

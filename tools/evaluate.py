@@ -1,0 +1,11 @@
+"""Retrieval metrics of a checkpoint on a recipe's test shards (see docs/training.md).
+
+python tools/evaluate.py --gin gin/quickstart.gin --checkpoint runs/x/checkpoints/best.pt
+"""
+
+import sys
+
+from meltr.train.evaluate_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
