@@ -59,7 +59,6 @@ def _tiny_quickstart_args(data_dir: str, vocab: str, output) -> list[str]:
         "--MetaLossTransformer.scale_hidden=8",
         "--MetaLearner.meta_every=2",
         "--MetaLearner.replay=3",
-        "--MetaLearner.products=autograd",
         "--train_loader.num_workers=0",
         "--eval_loader.num_workers=0",
         "--train.batch_size=8",
