@@ -6,8 +6,9 @@ hands them out round-robin: global batch `i` is batch `i // num_workers` of work
 
 Training determinism and exact resume. Worker `w` of rank `r` plays the *role*
 `(w + start_batch) % num_workers` (so that a resumed loader's first batch comes from the role that
-would have produced it). A role reads an infinite, deterministic stream of raw samples: shards
-drawn with replacement and a shuffle buffer, both seeded by (seed, rank, role). Its `j`-th batch
+would have produced it). A role reads an infinite, deterministic stream of raw samples: endless
+passes over all shards, each pass in a new random order, through a shuffle buffer, both seeded by
+(seed, rank, role). Its `j`-th batch
 is made of the raw samples `[j * batch_size, (j + 1) * batch_size)` of that stream, and the
 random choices for raw sample `n` (caption, frames, crop, MLM) come from a generator seeded by
 (seed, rank, role, n). Resuming at `start_batch` therefore drops the first
@@ -94,6 +95,14 @@ def _raw_samples(shards: Iterable[str]) -> Iterator[dict]:
             yield from group_by_keys(files, handler=_warn_shard_error)
 
 
+def _endless_passes(shards: list[str], rng: random.Random) -> Iterator[str]:
+    """Shards in a fresh random order on every pass, forever. (Drawing each shard independently
+    with replacement puts copies of one shard in the shuffle buffer together, and so duplicate
+    videos in a batch, false negatives for a contrastive loss.)"""
+    while True:
+        yield from rng.sample(shards, len(shards))
+
+
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -129,8 +138,7 @@ class _TrainStream(IterableDataset):
 
     def _shuffled_raw_samples(self, role: int) -> Iterator[dict]:
         shard_rng = random.Random(derive_seed(self.seed, self.rank, role, 0))
-        shard_choices = (shard_rng.choice(self.shards) for _ in itertools.count())
-        samples = _raw_samples(shard_choices)
+        samples = _raw_samples(_endless_passes(self.shards, shard_rng))
         shuffle_rng = random.Random(derive_seed(self.seed, self.rank, role, 1))
         shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)
         return shuffle(samples)
@@ -241,8 +249,9 @@ def train_loader(
     visit. The batch sequence is a deterministic function of (seed, rank, world_size,
     num_workers); `start_batch=k` yields exactly the batches an uninterrupted loader yields from
     batch k on, without decoding the skipped samples. `rank`/`world_size` default to those of
-    the initialised process group (else 0 / 1). Shards are drawn with replacement, so every rank
-    and worker always has data.
+    the initialised process group (else 0 / 1). Every worker of every rank reads all shards in
+    endless passes (its own random order), so each always has data and every rank can take the
+    same number of steps.
     """
     spec = ClipSpec(num_frames, image_size, resize)
     _check_sizes(batch_size, spec, num_workers)

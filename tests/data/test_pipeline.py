@@ -153,6 +153,13 @@ def test_train_uses_every_caption_and_random_frames(dataset):
     assert len({frames for _, frames in v_items}) > 3
 
 
+def test_train_reads_every_shard_once_per_pass(dataset):
+    # without shuffling, each run of 9 samples (one pass over both shards) holds every video once
+    batches = take(train(dataset, shuffle_buffer=1), 6)
+    keys = [video_id for batch in batches for video_id in batch["video_id"]]
+    assert sorted(keys[:9]) == sorted(TRAIN) and sorted(keys[9:18]) == sorted(TRAIN)
+
+
 def test_train_is_deterministic_given_seed_rank_and_workers(dataset):
     reference = take(train(dataset, num_workers=2), 6)
     assert_same_batches(reference, take(train(dataset, num_workers=2), 6))
