@@ -12,9 +12,9 @@ vocabulary size, the number of tasks, data positions) are denylisted, so binding
 at parse time instead of being silently overridden.
 """
 
+import gin
 import torch
 
-import gin
 import meltr
 from meltr import solvers
 from meltr.data import pipeline

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import gin
 import torch
 
-import gin
 from meltr.models.allinone_checkpoint import load_allinone_checkpoint
 from meltr.train.checkpoint import is_training_checkpoint
 from meltr.train.cli import CONFIG_ERROR

@@ -18,11 +18,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import gin
 import numpy as np
 import torch
 from tqdm import tqdm
 
-import gin
 from meltr.models.allinone_checkpoint import load_allinone_checkpoint
 from meltr.train.checkpoint import (
     Progress,

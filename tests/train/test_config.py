@@ -1,6 +1,6 @@
+import gin
 import pytest
 
-import gin
 from meltr.train.config import ConfigError, config_to_dict, parse_gin, sweep_args_to_bindings
 
 

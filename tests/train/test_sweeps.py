@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
+import gin
 import pytest
 import yaml
 
-import gin
 from meltr.train import configurables  # noqa: F401  (registers the names the recipes use)
 from meltr.train.config import parse_gin, sweep_args_to_bindings
 
