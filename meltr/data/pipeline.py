@@ -8,12 +8,11 @@ Training determinism and exact resume. Worker `w` of rank `r` plays the *role*
 `(w + start_batch) % num_workers` (so that a resumed loader's first batch comes from the role that
 would have produced it). A role reads an infinite, deterministic stream of raw samples: endless
 passes over all shards, each pass in a new random order, through a shuffle buffer, both seeded by
-(seed, rank, role). Its `j`-th batch
-is made of the raw samples `[j * batch_size, (j + 1) * batch_size)` of that stream, and the
-random choices for raw sample `n` (caption, frames, crop, MLM) come from a generator seeded by
-(seed, rank, role, n). Resuming at `start_batch` therefore drops the first
-`(start_batch + w) // num_workers` batches' worth of raw samples without decoding them, and
-yields exactly what an uninterrupted loader yields from batch `start_batch` on.
+(seed, rank, role). Its `j`-th batch is made of the raw samples `[j * batch_size, (j + 1) *
+batch_size)` of that stream, and the random choices for raw sample `n` (caption, frames, crop,
+MLM) come from a generator seeded by (seed, rank, role, n). Resuming at `start_batch` therefore
+drops the first `(start_batch + w) // num_workers` batches' worth of raw samples without
+decoding them, and yields exactly what an uninterrupted loader yields from batch `start_batch` on.
 
 Corrupt samples (bad video, missing or invalid json, no captions) are skipped with a warning
 naming the key and shard, and counted in the next batch's `num_corrupt`. A training batch holds
