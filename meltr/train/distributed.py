@@ -4,9 +4,12 @@ cross-rank operations exact meta-learning needs.
 Strategies (gin: ``Distributed.strategy``):
 
 - ``"none"``: one process, no process group.
-- ``"ddp"``: ``DistributedDataParallel``; gradients are averaged over ranks.
-- ``"fsdp"``: FSDP2 (``fully_shard``) on every transformer block and on the root; gradients are
-  averaged and sharded over ranks (``reduce_scatter``).
+- ``"ddp"``: replicated data parallelism: whole parameters on every rank, gradients all-reduced
+  (averaged). Built with FSDP2 on a (ranks x 1) HSDP mesh rather than ``DistributedDataParallel``:
+  DDP's reducer expects exactly one backward per forward, while a MELTR step runs several
+  forwards per backward (text, video, joint passes) and several backwards per step (meta step).
+- ``"fsdp"``: FSDP2 (``fully_shard``) on every transformer block and on the root; parameters,
+  gradients and optimizer state are sharded over ranks; gradients are averaged.
 
 Why the meta-learning stays exact across ranks (see docs/distributed.md): every rank sees its slice
 of the global batch. ``global_mean_losses`` gives every rank the global-batch loss values while
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
+import gin
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
@@ -31,11 +36,10 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.nn.parallel import DistributedDataParallel
 
-import gin
-
+LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 STRATEGIES = ("none", "ddp", "fsdp")
 DISTRIBUTED_PRODUCTS = ("finite_difference",)
 DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient")
@@ -175,12 +179,11 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def wrap_model(model: nn.Module, context: DistributedContext, config: Distributed) -> nn.Module:
-    """Move ``model`` to ``context.device`` and wrap it for ``config.strategy``.
+    """Move ``model`` to ``context.device`` and wrap it for ``config.strategy``, in place.
 
-    Mutates ``model``: activation checkpointing replaces each block by a ``CheckpointWrapper``
-    (state-dict keys are unchanged) and FSDP2 turns every block and the root into ``FSDPModule``s
-    whose parameters are ``DTensor`` shards. Returns the module to call: ``model`` itself for
-    "none"/"fsdp", a ``DistributedDataParallel`` around it for "ddp".
+    Activation checkpointing replaces each block by a ``CheckpointWrapper`` (state-dict keys are
+    unchanged); "ddp"/"fsdp" turn every block and the root into FSDP2 units whose parameters are
+    ``DTensor``s (replicated or sharded). Returns ``model``; call it as before.
     """
     if config.strategy != context.strategy:
         raise ValueError(
@@ -206,22 +209,20 @@ def wrap_model(model: nn.Module, context: DistributedContext, config: Distribute
         blocks = [
             module for module in model.modules() if _is_checkpoint_wrapper_of(module, block_ids)
         ]
-    if config.strategy == "fsdp":
-        policy = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if config.mixed_precision
-            else MixedPrecisionPolicy()
-        )
-        for block in blocks:
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+    if config.strategy == "none":
         return model
-    if config.strategy == "ddp":
-        # Some backward passes use only part of the model (the primary loss alone in a meta
-        # step skips the other tasks' heads); DDP must then mark the unused parameters ready.
-        return DistributedDataParallel(
-            model, device_ids=_ddp_device_ids(context.device), find_unused_parameters=True
-        )
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if config.mixed_precision
+        else MixedPrecisionPolicy()
+    )
+    mesh = _data_parallel_mesh(context)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    # The root would otherwise stay gathered after a no-grad forward and later forwards would
+    # reuse that stale copy, missing in-place updates of the shards (the finite-difference
+    # perturbations of the meta step).
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
     return model
 
 
@@ -230,13 +231,17 @@ def _is_checkpoint_wrapper_of(module: nn.Module, block_ids: set[int]) -> bool:
     return wrapped is not None and id(wrapped) in block_ids
 
 
-def _ddp_device_ids(device: torch.device) -> list[int] | None:
-    return [device.index] if device.type == "cuda" else None
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module inside a DDP wrapper (FSDP2 wraps in place, so it is returned as is)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+def _data_parallel_mesh(context: DistributedContext) -> DeviceMesh:
+    """FSDP2's device mesh for the strategy: "fsdp" shards over all ranks; "ddp" replicates over
+    all ranks (HSDP with shards of size 1), so parameters stay whole on every rank and gradients
+    are all-reduced, as with DistributedDataParallel."""
+    if context.strategy == "fsdp":
+        return init_device_mesh(
+            context.device.type, (context.world_size,), mesh_dim_names=("shard",)
+        )
+    return init_device_mesh(
+        context.device.type, (context.world_size, 1), mesh_dim_names=("replicate", "shard")
+    )
 
 
 def is_distributed() -> bool:
@@ -261,11 +266,19 @@ def global_mean_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
             "global_mean_losses: every loss must be a scalar; got shapes "
             + ", ".join(f"{name}={tuple(losses[name].shape)}" for name in names)
         )
-    mean = local.detach().clone()
-    dist.all_reduce(mean, op=dist.ReduceOp.SUM)
-    mean /= dist.get_world_size()
-    corrected = local + (mean - local.detach())
+    corrected = local + (mean_over_ranks(local) - local.detach())
     return {name: corrected[index] for index, name in enumerate(names)}
+
+
+def reduced_loss_source(loss_source: LossSource) -> LossSource:
+    """``loss_source`` followed by ``global_mean_losses``: every evaluation the learner makes (the
+    step's, the meta step's, the finite-difference passes') then sees global-batch loss values.
+    Every rank must evaluate in lockstep (each call is a collective)."""
+
+    def reduced(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        return global_mean_losses(loss_source(model, batch))
+
+    return reduced
 
 
 def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
@@ -281,21 +294,15 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_autograd.all_gather(features), dim=0)
 
 
-def all_reduce_mean_grads(parameters: Iterable[torch.Tensor]) -> None:
-    """Average ``.grad`` of replicated (unsharded) parameters over ranks, in place. Parameters
-    without a gradient are skipped (the same ones on every rank)."""
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of ``tensor`` over ranks, as a new tensor without autograd history
+    (the learner's ``reduce`` hook for replicated quantities such as the meta network's gradient).
+    Identity without a process group."""
     if not is_distributed():
-        return
-    grads = [param.grad for param in parameters if param.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([grad.reshape(-1) for grad in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
+        return tensor
+    mean = tensor.detach().clone()
+    dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+    return mean / dist.get_world_size()
 
 
 def assert_replicated(parameters: Iterable[torch.Tensor], meta_step: int) -> None:

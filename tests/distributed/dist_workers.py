@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from dist_toy import global_batch, local_losses, local_slice, make_model
 
+import meltr
 from meltr.train.distributed import (
     Distributed,
     assert_replicated,
     gather_with_grad,
     global_mean_losses,
     init_distributed,
+    mean_over_ranks,
+    reduced_loss_source,
     shutdown_distributed,
-    unwrap_model,
     wrap_model,
 )
 from meltr.train.preemption import PreemptionHandler
@@ -31,7 +33,7 @@ def full_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter's gradient as a full tensor (zeros where unused), keyed by the unwrapped
     parameter name."""
     grads = {}
-    for name, param in unwrap_model(model).named_parameters():
+    for name, param in model.named_parameters():
         grad = torch.zeros_like(param) if param.grad is None else param.grad
         grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
         grads[name.replace("_checkpoint_wrapped_module.", "")] = grad.detach().clone()
@@ -124,4 +126,47 @@ def preemption_worker(
                 stopped_at = step
                 break
     torch.save({"stopped_at": stopped_at}, out_dir / f"rank{context.rank}.pt")
+    shutdown_distributed()
+
+
+def make_learner(model: torch.nn.Module, solver: object) -> meltr.MetaLearner:
+    """A float64 MetaLearner over the toy losses; the same meta net on every rank and in the
+    single-process reference."""
+    torch.manual_seed(7)
+    meta_loss = meltr.MetaLossTransformer(2, dim=8, heads=2, ff_dim=8, scale_hidden=8).double()
+    return meltr.MetaLearner(
+        model,
+        meta_loss,
+        reduced_loss_source(local_losses),
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        torch.optim.Adam(meta_loss.parameters(), lr=1e-2),
+        solver=solver,
+        meta_every=2,
+        replay=3,
+        reduce=mean_over_ranks,
+    )
+
+
+def run_learner(model: torch.nn.Module, solver: object, steps: int, rank: int, world_size: int):
+    """The hypergradient at the start, then ``steps`` learner steps; phi is checked for equality
+    across ranks after every meta step."""
+    learner = make_learner(model, solver)
+    primary = local_slice(global_batch(0), rank, world_size)
+    aux = local_slice(global_batch(1), rank, world_size)
+    hypergradient = [g.detach().clone() for g in learner.hypergradient(primary, aux)]
+    history = []
+    for step in range(steps):
+        metrics = learner.step(local_slice(global_batch(step), rank, world_size))
+        history.append(torch.tensor([metrics["loss/mse"], metrics["loss/norm"]]))
+        if learner.step_count % learner.meta_every == 0:
+            assert_replicated(learner.meta_loss.parameters(), meta_step=learner.step_count)
+    phi = [p.detach().clone() for p in learner.meta_loss.parameters()]
+    return {"hypergradient": hypergradient, "history": torch.stack(history), "phi": phi}
+
+
+def learner_worker(config: Distributed, out_dir: Path, solver: object, steps: int) -> None:
+    context = init_distributed(config)
+    model = wrap_model(make_model(), context, config)
+    result = run_learner(model, solver, steps, context.rank, context.world_size)
+    torch.save(result, out_dir / f"rank{context.rank}.pt")
     shutdown_distributed()

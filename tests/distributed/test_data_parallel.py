@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from dist_launcher import run_on_ranks
 from dist_toy import global_batch, local_losses, make_model
-from dist_workers import LOSS_WEIGHTS, gradient_worker
+from dist_workers import LOSS_WEIGHTS, gradient_worker, learner_worker, run_learner
 
+from meltr.solvers import Identity, Neumann
 from meltr.train.distributed import Distributed
 
 TOLERANCE = dict(rtol=1e-10, atol=1e-12)
@@ -61,3 +62,26 @@ def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
                 got["itc_grads"][name], expected["itc_grads"][name], **TOLERANCE, msg=name
             )
         assert "after meta step 7" in got["divergence_error"]
+
+
+@pytest.mark.parametrize(
+    ("config", "solver"),
+    [
+        (Distributed(strategy="fsdp"), Neumann(steps=2, alpha=0.5)),
+        (Distributed(strategy="ddp"), Identity()),
+    ],
+    ids=["fsdp+neumann", "ddp+identity"],
+)
+def test_meta_learning_on_two_ranks_matches_one_process(config, solver, tmp_path):
+    steps = 6
+    run_on_ranks(learner_worker, 2, config, tmp_path, solver, steps)
+    expected = run_learner(make_model(), solver, steps, rank=0, world_size=1)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for got in ranks:
+        torch.testing.assert_close(got["history"], expected["history"], rtol=1e-8, atol=1e-10)
+        for mine, theirs in zip(got["hypergradient"], expected["hypergradient"], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-9)
+        for mine, theirs in zip(got["phi"], expected["phi"], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-9)
+    for mine, theirs in zip(ranks[0]["phi"], ranks[1]["phi"], strict=True):
+        assert torch.equal(mine, theirs)
