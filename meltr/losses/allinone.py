@@ -1,10 +1,19 @@
-"""Loss source for fine-tuning All-in-one on text-video retrieval with MELTR."""
+"""Loss source for fine-tuning All-in-one on text-video retrieval with MELTR.
+
+In a data-parallel run (a torch.distributed process group with several ranks, each holding an
+equal slice of the global batch) the losses are computed so that their mean over ranks, and the
+mean of their gradients, equal the single-process losses of the global batch: ``itc`` contrasts
+the features gathered from all ranks, ``mlm`` divides by the mean masked-token count over ranks.
+``vtm`` draws its hard negatives within each rank's slice.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,15 +32,37 @@ def symmetric_contrastive_loss(text_feat: Tensor, video_feat: Tensor, temperatur
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
+def _data_parallel() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_across_ranks(features: Tensor) -> Tensor:
+    """Every rank's ``features`` ``[b, ...]`` concatenated along dim 0 in rank order, with autograd
+    (the backward sums each rank's gradient for this rank's rows). Every rank computes the same
+    global loss from the result; summing here and averaging the gradients over ranks (FSDP/DDP)
+    then gives exactly the single-process gradient. Equal shapes on all ranks; identity without a
+    process group."""
+    if not _data_parallel():
+        return features
+    return torch.cat(dist_autograd.all_gather(features), dim=0)
+
+
 def masked_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy over positions whose label is not -100 (0 when there are none).
 
-    ``logits`` ``[B, L, V]``, ``labels`` int64 ``[B, L]``.
+    ``logits`` ``[B, L, V]``, ``labels`` int64 ``[B, L]``. In a data-parallel run the sum is
+    divided by the mean masked-token count over ranks, so the mean of this loss over ranks is the
+    token average over the global batch.
     """
     total = F.cross_entropy(
         logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
-    return total / labels.ne(IGNORE_INDEX).sum().clamp(min=1)
+    count = labels.ne(IGNORE_INDEX).sum().to(total.dtype)
+    if not _data_parallel():
+        return total / count.clamp(min=1)
+    global_count = count.clone()
+    dist.all_reduce(global_count)
+    return total / (global_count.clamp(min=1) / dist.get_world_size())
 
 
 def sample_hard_negatives(similarity: Tensor, temperature: float) -> Tensor:
@@ -81,7 +112,11 @@ class AllInOneRetrievalLoss:
         text_ids, text_mask, video = _require(batch, "text_ids", "text_mask", "video")
         text_feat = model(mode="text", text_ids=text_ids, text_mask=text_mask)["text_feat"]
         video_feat = model(mode="video", video=video)["video_feat"]
-        losses = {"itc": symmetric_contrastive_loss(text_feat, video_feat, self.temperature)}
+        losses = {
+            "itc": symmetric_contrastive_loss(
+                gather_across_ranks(text_feat), gather_across_ranks(video_feat), self.temperature
+            )
+        }
         for task in self.tasks[1:]:
             if task == "mlm":
                 losses["mlm"] = self._mlm(model, batch)

@@ -19,9 +19,10 @@ everything the meta network sees (losses, finite-difference products) is identic
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,7 +30,6 @@ from typing import Any
 import gin
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointImpl,
@@ -37,7 +37,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -244,6 +244,34 @@ def _data_parallel_mesh(context: DistributedContext) -> DeviceMesh:
     )
 
 
+@contextlib.contextmanager
+def gathered_parameters(model: nn.Module) -> Iterator[None]:
+    """Hold every FSDP2 unit of ``model`` unsharded (whole parameters on every rank) inside the
+    block, so forwards need no collective and ranks may run different numbers of them (evaluation
+    over uneven shares of a test split). Entry and exit are collectives. Costs the memory of one
+    whole copy of the parameters per rank. A no-op for a model without FSDP2 units."""
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)  # wrap_model's setting for every unit
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable; tensors should be on the CPU), in rank order. ``[value]``
+    without a process group."""
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def is_distributed() -> bool:
     """True when a process group with more than one rank is running."""
     return dist.is_initialized() and dist.get_world_size() > 1
@@ -279,19 +307,6 @@ def reduced_loss_source(loss_source: LossSource) -> LossSource:
         return global_mean_losses(loss_source(model, batch))
 
     return reduced
-
-
-def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``features`` ``[b, ...]`` along dim 0, in rank order, keeping
-    autograd: the backward sums each rank's gradient for this rank's rows.
-
-    A loss of the gathered features is the same global loss on every rank; summing in the
-    all-gather backward and then averaging in DDP/FSDP gives exactly the single-process gradient.
-    Every rank must pass the same shape. Identity without a process group.
-    """
-    if not is_distributed():
-        return features
-    return torch.cat(dist_autograd.all_gather(features), dim=0)
 
 
 def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from meltr.metrics.retrieval import retrieval_metrics
+from meltr.train.distributed import all_gather_objects
 
 
 @torch.no_grad()
@@ -18,10 +19,32 @@ def encode_test_split(
 
     Returns ``text_feat [num_texts, P]``, ``video_feat [num_videos, P]`` (videos in order of first
     appearance, deduplicated by ``video_id``) and ``text_to_video`` (the video index of each
-    caption). Uses the model's ``mode="text"`` and ``mode="video"`` forwards.
+    caption). Uses the model's ``mode="text"`` and ``mode="video"`` forwards. In a distributed run
+    ``batches`` is this rank's share of the split (possibly empty); the shares of all ranks are
+    gathered, in rank order, so every rank returns the whole split.
     """
-    text_feats, video_feats, text_to_video = [], [], []
+    shares = all_gather_objects(_encode_share(model, batches, device))
+    texts = [share for share in shares if share[0] is not None]
+    if not texts:
+        raise ValueError("the test split is empty: the evaluation loader yielded no batch")
     video_index: dict[str, int] = {}
+    video_feats = []
+    for _, video_feat, _, video_ids in texts:
+        new_rows = [row for row, video_id in enumerate(video_ids) if video_id not in video_index]
+        for row in new_rows:
+            video_index[video_ids[row]] = len(video_index)
+        video_feats.append(video_feat[new_rows])
+    text_to_video = [video_index[video_id] for share in texts for video_id in share[2]]
+    return torch.cat([share[0] for share in texts]), torch.cat(video_feats), text_to_video
+
+
+def _encode_share(
+    model: nn.Module, batches: Iterable[Mapping], device: torch.device
+) -> tuple[Tensor | None, Tensor | None, list[str], list[str]]:
+    """(text_feat, video_feat of the distinct videos, each caption's video id, the distinct video
+    ids in order of first appearance) of ``batches``; the features are None when it is empty."""
+    text_feats, video_feats, caption_videos = [], [], []
+    video_ids: dict[str, None] = {}
     for batch in batches:
         text = model(
             mode="text",
@@ -31,16 +54,16 @@ def encode_test_split(
         text_feats.append(text.float().cpu())
         new_rows = []
         for row, video_id in enumerate(batch["video_id"]):
-            if video_id not in video_index:
-                video_index[video_id] = len(video_index)
+            if video_id not in video_ids:
+                video_ids[video_id] = None
                 new_rows.append(row)
-            text_to_video.append(video_index[video_id])
+            caption_videos.append(video_id)
         if new_rows:
             video = batch["video"][new_rows].to(device)
             video_feats.append(model(mode="video", video=video)["video_feat"].float().cpu())
     if not text_feats:
-        raise ValueError("the test split is empty: the evaluation loader yielded no batch")
-    return torch.cat(text_feats), torch.cat(video_feats), text_to_video
+        return None, None, [], []
+    return torch.cat(text_feats), torch.cat(video_feats), caption_videos, list(video_ids)
 
 
 def evaluate_retrieval(

@@ -14,6 +14,8 @@ ranks share)::
 A save writes into ``.step-00000120.tmp`` and renames it when every rank has finished, so a crash
 mid-save leaves the previous checkpoint as ``latest``. Loading works at any world size: DCP reshards
 model and optimizer; rank-local batches can be re-split with ``reslice_batches``.
+
+``save_training_state`` / ``restore_training_state`` put a MetaLearner run into this layout.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from meltr.train.checkpoint import Progress, capture_rng_state, restore_rng_state
 
 LATEST = "latest"
 INFO = "info.json"
@@ -245,3 +249,63 @@ def _prune(root: Path, keep: int) -> None:
     complete = sorted(path for path in root.glob("step-*") if (path / INFO).is_file())
     for old in complete[:-keep]:
         shutil.rmtree(old)
+
+
+def save_training_state(
+    checkpoints: str | os.PathLike,
+    *,
+    model: nn.Module,
+    learner: Any,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    progress: Progress,
+    keep: int = 2,
+) -> Path:
+    """Save a distributed run's full training state at ``progress.step`` (a collective).
+
+    The backbone and its optimizer go to DCP shards; the replicated learner state (meta network,
+    meta optimizer, step counter, replay generator, skip counters), the schedule and the progress
+    go to rank 0's file; each rank's replay-buffer batches and RNG states go to its own file.
+    """
+    learner_state = learner.state_dict()
+    learner_state.pop("optimizer")  # in the DCP shards
+    buffer = learner_state.pop("buffer")
+    return save_checkpoint(
+        checkpoints,
+        progress.step,
+        model,
+        learner.optimizer,
+        replicated_state={
+            "learner": learner_state,
+            "schedule": schedule.state_dict(),
+            "progress": asdict(progress),
+        },
+        rank_state={"buffer": buffer, "rng": capture_rng_state()},
+        keep=keep,
+    )
+
+
+def restore_training_state(
+    checkpoint: str | os.PathLike,
+    *,
+    model: nn.Module,
+    learner: Any,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> Progress:
+    """Inverse of ``save_training_state`` at the current world size, which may differ from the
+    saving one: the replay buffer's batches are re-split over the ranks; each rank takes its own
+    saved RNG states (rank 0's when it had no counterpart). Mutates ``model``, ``learner``
+    (including its optimizer), ``schedule`` and the global RNG states."""
+    rank, world_size = _rank_and_world_size()
+    loaded = load_checkpoint(checkpoint, model, learner.optimizer)
+    buffers = [state["buffer"] for state in loaded.rank_states]
+    learner.load_state_dict(
+        loaded.replicated_state["learner"]
+        | {
+            "optimizer": learner.optimizer.state_dict(),
+            "buffer": reslice_batches(buffers, rank, world_size),
+        }
+    )
+    schedule.load_state_dict(loaded.replicated_state["schedule"])
+    own = rank if rank < loaded.saved_world_size else 0
+    restore_rng_state(loaded.rank_states[own]["rng"])
+    return Progress(**loaded.replicated_state["progress"])

@@ -58,7 +58,8 @@ def global_batch(step: int, size: int = 8) -> dict[str, torch.Tensor]:
 
 
 def local_slice(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> dict:
-    size = batch["x"].shape[0] // world_size
+    """Rank ``rank``'s equal slice (along dim 0) of every tensor of ``batch``."""
+    size = next(iter(batch.values())).shape[0] // world_size
     return {key: value[rank * size : (rank + 1) * size] for key, value in batch.items()}
 
 

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from dist_toy import global_batch, local_losses, local_slice, make_model
 
 import meltr
+from meltr.losses.allinone import AllInOneRetrievalLoss, gather_across_ranks
+from meltr.models.allinone import AllInOne
 from meltr.train.distributed import (
     Distributed,
     assert_replicated,
-    gather_with_grad,
     global_mean_losses,
     init_distributed,
     mean_over_ranks,
@@ -42,8 +43,8 @@ def full_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def contrastive_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Symmetric InfoNCE between two views of every sample, over the gathered global batch."""
-    first = F.normalize(gather_with_grad(model(batch["x"])["features"]), dim=-1)
-    second = F.normalize(gather_with_grad(model(batch["x"].flip(1))["features"]), dim=-1)
+    first = F.normalize(gather_across_ranks(model(batch["x"])["features"]), dim=-1)
+    second = F.normalize(gather_across_ranks(model(batch["x"].flip(1))["features"]), dim=-1)
     logits = first @ second.T / 0.05
     targets = torch.arange(logits.shape[0])
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
@@ -168,5 +169,48 @@ def learner_worker(config: Distributed, out_dir: Path, solver: object, steps: in
     context = init_distributed(config)
     model = wrap_model(make_model(), context, config)
     result = run_learner(model, solver, steps, context.rank, context.world_size)
+    torch.save(result, out_dir / f"rank{context.rank}.pt")
+    shutdown_distributed()
+
+
+def tiny_allinone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return AllInOne(
+        vocab_size=50,
+        max_text_len=8,
+        num_frames=2,
+        image_size=16,
+        patch_size=8,
+        width=32,
+        depth=2,
+        heads=2,
+        mlp_ratio=2.0,
+        proj_dim=16,
+        drop_rate=0.0,
+    ).double()
+
+
+def allinone_batch(size: int = 8) -> dict[str, torch.Tensor]:
+    """A global batch whose masked-token counts differ between its halves."""
+    generator = torch.Generator().manual_seed(5)
+    text_ids = torch.randint(5, 50, (size, 8), generator=generator)
+    masked = torch.rand(size, 8, generator=generator) < torch.linspace(0.1, 0.6, size)[:, None]
+    return {
+        "video": torch.randn(size, 2, 3, 16, 16, generator=generator, dtype=torch.float64),
+        "text_ids": text_ids,
+        "text_mask": torch.ones_like(text_ids),
+        "mlm_ids": text_ids.masked_fill(masked, 4),
+        "mlm_labels": text_ids.masked_fill(~masked, -100),
+    }
+
+
+def allinone_worker(config: Distributed, out_dir: Path) -> None:
+    """Reduced All-in-one losses (itc, mlm) of the rank's slice and the resulting gradients."""
+    context = init_distributed(config)
+    model = wrap_model(tiny_allinone(), context, config)
+    batch = local_slice(allinone_batch(), context.rank, context.world_size)
+    losses = reduced_loss_source(AllInOneRetrievalLoss(("itc", "mlm")))(model, batch)
+    (torch.stack(list(losses.values())) @ LOSS_WEIGHTS).backward()
+    result = {"losses": torch.stack(list(losses.values())).detach(), "grads": full_gradients(model)}
     torch.save(result, out_dir / f"rank{context.rank}.pt")
     shutdown_distributed()

@@ -7,9 +7,18 @@ import torch
 import torch.nn.functional as F
 from dist_launcher import run_on_ranks
 from dist_toy import global_batch, local_losses, make_model
-from dist_workers import LOSS_WEIGHTS, gradient_worker, learner_worker, run_learner
+from dist_workers import (
+    LOSS_WEIGHTS,
+    allinone_batch,
+    allinone_worker,
+    gradient_worker,
+    learner_worker,
+    run_learner,
+    tiny_allinone,
+)
 
 import meltr.products
+from meltr.losses.allinone import AllInOneRetrievalLoss
 from meltr.solvers import Identity, Neumann
 from meltr.train.distributed import Distributed
 
@@ -90,3 +99,19 @@ def test_meta_learning_on_two_ranks_matches_one_process(config, solver, tmp_path
             torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-9)
     for mine, theirs in zip(ranks[0]["phi"], ranks[1]["phi"], strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_allinone_losses_on_two_ranks_match_one_process(tmp_path):
+    """itc over gathered features and mlm over the global masked-token count: the mean over
+    ranks of the losses and of the gradients equals the single-process values (the two halves of
+    the batch have different numbers of masked tokens)."""
+    run_on_ranks(allinone_worker, 2, Distributed(strategy="fsdp"), tmp_path)
+    model = tiny_allinone()
+    losses = AllInOneRetrievalLoss(("itc", "mlm"))(model, allinone_batch())
+    vector = torch.stack(list(losses.values()))
+    (vector @ LOSS_WEIGHTS).backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["losses"], vector.detach(), **TOLERANCE)
+        for name, grad in gradients(model).items():
+            torch.testing.assert_close(got["grads"][name], grad, **TOLERANCE, msg=name)
