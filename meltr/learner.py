@@ -34,7 +34,7 @@ from meltr.objective import (
     restore_rng,
     stack_losses,
 )
-from meltr.products import make_products
+from meltr.products import backward_gradients, make_products
 from meltr.solvers import Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -75,7 +75,10 @@ class MetaLearner:
         direct_grad: include the regularizer's direct ``dL_pri/dphi`` term.
         reduce: applied to the loss-derivative vector ``c`` and to each of phi's gradients
             before they are used; the seam for distributed training (e.g. an all-reduce mean).
-            Default: identity.
+            Default: identity. Gradients with respect to w are taken with ``backward()``, so a
+            data-parallel model (FSDP2) reduces them across ranks in its hooks; a loss source
+            that returns global-batch loss values (``meltr.train.distributed.
+            reduced_loss_source``) then makes every quantity phi sees identical on all ranks.
         replay_seed: seed of the dedicated generator for replay draws (the global RNG is
             never used for them).
     """
@@ -256,14 +259,7 @@ class MetaLearner:
             outputs, coeffs = [primary.values], [primary_coeff]
         else:
             outputs, coeffs = [primary.values, aux.values], [primary_coeff, aux_coeff]
-        v = torch.autograd.grad(
-            outputs,
-            [p for _, p in params],
-            coeffs,
-            retain_graph=True,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+        v = backward_gradients(outputs, coeffs, params, retain_graph=True)
 
         meta = self._frozen_meta()
         q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
@@ -318,11 +314,10 @@ class MetaLearner:
         dmeta_dl = self._loss_derivative(values, create_graph=False)
         with torch.no_grad():
             metrics["meta_loss"] = float(self._meta(values.detach()))
-        grads = torch.autograd.grad(
-            values, [p for _, p in self.params], dmeta_dl.to(values.dtype), allow_unused=True
-        )
-        for (_, p), g in zip(self.params, grads, strict=True):
-            p.grad = g
+        # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
+        for _, p in self.params:
+            p.grad = None
+        values.backward(dmeta_dl.to(values.dtype))
         self.optimizer.step()
         metrics |= {f"dM/dl/{k}": float(g) for k, g in zip(self.keys, dmeta_dl, strict=True)}
         return metrics | self._skip_metrics()

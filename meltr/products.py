@@ -46,6 +46,35 @@ def _grads(output: torch.Tensor, params: NamedParams, **kwargs) -> list[torch.Te
     return [torch.zeros_like(p) if g is None else g for p, g in zip(tensors, grads, strict=True)]
 
 
+def backward_gradients(
+    outputs: Sequence[torch.Tensor],
+    grad_outputs: Sequence[torch.Tensor],
+    params: NamedParams,
+    retain_graph: bool = False,
+) -> list[torch.Tensor]:
+    """``d (sum_i grad_outputs[i] . outputs[i]) / d params`` computed with ``backward()``, zeros
+    for parameters the outputs do not depend on.
+
+    Unlike ``torch.autograd.grad`` this runs the hooks that data-parallel wrappers put on
+    parameters, so under DDP / FSDP2 the result is already averaged over ranks (and, under FSDP2,
+    a sharded ``DTensor`` like its parameter). Each parameter's ``.grad`` is left as it was.
+    """
+    tensors = [p for _, p in params]
+    kept = [p.grad for p in tensors]
+    for p in tensors:
+        p.grad = None
+    try:
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
+        if pairs:
+            torch.autograd.backward(
+                [o for o, _ in pairs], [g for _, g in pairs], retain_graph=retain_graph
+            )
+        return [torch.zeros_like(p) if p.grad is None else p.grad for p in tensors]
+    finally:
+        for p, grad in zip(tensors, kept, strict=True):
+            p.grad = grad
+
+
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
@@ -115,7 +144,8 @@ class FiniteDifference:
 
         def gradient() -> list[torch.Tensor]:
             with torch.enable_grad():
-                return _grads(meta(losses()), params)
+                objective = meta(losses())
+                return backward_gradients([objective], [torch.ones_like(objective)], params)
 
         return self._central(params, tangent, eps, gradient)
 

@@ -17,7 +17,6 @@ from dist_workers import (
     tiny_allinone,
 )
 
-import meltr.products
 from meltr.losses.allinone import AllInOneRetrievalLoss
 from meltr.solvers import Identity, Neumann
 from meltr.train.distributed import Distributed
@@ -74,10 +73,6 @@ def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
         assert "after meta step 7" in got["divergence_error"]
 
 
-@pytest.mark.skipif(
-    not hasattr(meltr.products, "backward_gradients"),
-    reason="the learner computes w-gradients with autograd.grad, which bypasses FSDP2's reduction",
-)
 @pytest.mark.parametrize(
     ("config", "solver"),
     [
