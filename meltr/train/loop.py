@@ -73,6 +73,7 @@ def train(
     vocab: str | None = None,
     checkpoint: str | None = None,
     require_checkpoint: bool = False,
+    trust_checkpoint_pickle: bool = False,
     tokenizer: Callable,
     model: Callable[..., torch.nn.Module],
     loss_source: Callable,
@@ -98,7 +99,9 @@ def train(
     ``test_data(data_dir, tokenizer, batch_size=, view=)`` (one pass over the test split).
 
     ``checkpoint`` (the ``CHECKPOINT`` macro) initialises the model (and a MELTR-trained meta
-    loss) with ``load_allinone_checkpoint``. ``resume`` continues ``run_dir`` from
+    loss) with ``load_allinone_checkpoint``; ``trust_checkpoint_pickle=True`` lets it unpickle a
+    file that also holds Python objects (old Lightning ``.ckpt`` files do; only for files you
+    trust). ``resume`` continues ``run_dir`` from
     ``checkpoints/last.pt`` with the same step, data position, optimizer, schedule and RNG states.
     Paths are checked (ConfigError) before anything is read, built or written.
 
@@ -140,7 +143,9 @@ def train(
         net = model(vocab_size=text_tokenizer.vocab_size).to(device)
         meta_net = meta_loss(num_tasks=len(loss_source.tasks)).to(device)
         if checkpoint is not None and not resume:
-            report = load_allinone_checkpoint(net, checkpoint, meta_loss=meta_net)
+            report = load_allinone_checkpoint(
+                net, checkpoint, meta_loss=meta_net, trust_pickle=trust_checkpoint_pickle
+            )
             if context.is_main:
                 print(f"loaded {checkpoint}: {_report_summary(report)}")
         net = wrap_model(net, context, parallel)
