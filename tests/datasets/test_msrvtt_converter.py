@@ -9,45 +9,25 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fake_msrvtt import (
+    CAPTIONS_PER_VIDEO,
+    TEST,
+    TEST_CAPTION_INDEX,
+    TRAIN_7K,
+    TRAIN_9K,
+    caption,
+    make_release,
+)
 
 from meltr.data.msrvtt import MissingVideosError, convert_msrvtt
-from meltr.data.synthetic import encode_mp4
 
 REPO = Path(__file__).resolve().parents[2]
-NUM_VIDEOS, CAPTIONS_PER_VIDEO = 7, 3
-TRAIN_9K = ["video0", "video1", "video2", "video3", "video4"]
-TRAIN_7K = ["video0", "video1"]
-TEST = ["video5", "video6"]
-TEST_CAPTION_INDEX = {"video5": 2, "video6": 1}
-
-
-def caption(video, j):
-    return f"{video} caption {j}"
 
 
 @pytest.fixture
 def release(tmp_path):
-    """A fake official release: tiny distinct mp4s, interleaved annotations, lists, the pkl."""
-    root = tmp_path / "MSRVTT"
-    (root / "videos").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(NUM_VIDEOS):
-        frames = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-        (root / "videos" / f"video{i}.mp4").write_bytes(encode_mp4(frames, fps=4, codec="mpeg4"))
-    annotations = [
-        {"image_id": f"video{i}", "caption": caption(f"video{i}", j), "id": j}
-        for j in range(CAPTIONS_PER_VIDEO)
-        for i in range(NUM_VIDEOS)
-    ]
-    (root / "MSR_VTT.json").write_text(json.dumps({"annotations": annotations}))
-    (root / "train_list_9k.txt").write_text("\n".join(TRAIN_9K) + "\n")
-    (root / "train_list_7k.txt").write_text("\n".join(TRAIN_7K) + "\n")
-    (root / "val_list_jsfusion.txt").write_text("\n".join(TEST) + "\n")
-    with open(root / "jsfusion_val_caption_idx.pkl", "wb") as file:
-        pickle.dump(TEST_CAPTION_INDEX, file)
-    return root
+    return make_release(tmp_path / "MSRVTT")
 
 
 def read_tars(paths):

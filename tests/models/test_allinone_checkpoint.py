@@ -4,78 +4,15 @@ import logging
 import pytest
 import torch
 from allinone_tiny import TINY
+from official_allinone import official_state_dict, save_lightning
 from torch import nn
 
 import meltr
 from meltr.models import AllInOne, load_allinone_checkpoint
 
 
-def official_state_dict(frames=3, text_positions=TINY["max_text_len"], seed=0):
-    """A state dict with the key names and layout of ``all-in-one-plus-224.ckpt`` (listed in
-    BACKBONES.md and the release's model code) at tiny sizes, random values."""
-    D, V, proj = TINY["width"], TINY["vocab_size"], TINY["proj_dim"]
-    p = TINY["patch_size"]
-    tokens = (TINY["image_size"] // p) ** 2 + 1
-    shapes = {
-        "text_embeddings.word_embeddings.weight": (V, D),
-        "text_embeddings.position_embeddings.weight": (text_positions, D),
-        "text_embeddings.token_type_embeddings.weight": (2, D),
-        "text_embeddings.LayerNorm.weight": (D,),
-        "text_embeddings.LayerNorm.bias": (D,),
-        "token_type_embeddings.weight": (2, D),
-        "transformer.cls_token": (1, 1, D),
-        "transformer.pos_embed": (1, tokens, D),
-        "transformer.temporal_embed": (1, frames, D),
-        "transformer.patch_embed.proj.weight": (D, 3, p, p),
-        "transformer.patch_embed.proj.bias": (D,),
-        "transformer.norm.weight": (D,),
-        "transformer.norm.bias": (D,),
-        "pooler.dense.weight": (D, D),
-        "pooler.dense.bias": (D,),
-        "mlm_score.transform.dense.weight": (D, D),
-        "mlm_score.transform.dense.bias": (D,),
-        "mlm_score.transform.LayerNorm.weight": (D,),
-        "mlm_score.transform.LayerNorm.bias": (D,),
-        "mlm_score.decoder.weight": (V, D),
-        "mlm_score.bias": (V,),
-        "txt_proj.weight": (proj, D),
-        "txt_proj.bias": (proj,),
-        "vid_proj.weight": (proj, D),
-        "vid_proj.bias": (proj,),
-    }
-    for n in range(TINY["depth"]):
-        block = f"transformer.blocks.{n}."
-        shapes.update(
-            {
-                block + "norm1.weight": (D,),
-                block + "norm1.bias": (D,),
-                block + "attn.qkv.weight": (3 * D, D),
-                block + "attn.qkv.bias": (3 * D,),
-                block + "attn.proj.weight": (D, D),
-                block + "attn.proj.bias": (D,),
-                block + "norm2.weight": (D,),
-                block + "norm2.bias": (D,),
-                block + "mlp.fc1.weight": (4 * D, D),
-                block + "mlp.fc1.bias": (4 * D,),
-                block + "mlp.fc2.weight": (D, 4 * D),
-                block + "mlp.fc2.bias": (D,),
-            }
-        )
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
-    state["text_embeddings.position_ids"] = torch.arange(text_positions)[None]
-    return state
-
-
-def save_lightning(tmp_path, state, prefix="", name="model.ckpt"):
-    path = tmp_path / name
-    wrapped = {f"{prefix}{k}": v for k, v in state.items()}
-    torch.save({"epoch": 9, "global_step": 1234, "state_dict": wrapped}, path)
-    return path
-
-
 def test_every_official_tensor_lands_in_place(tmp_path, caplog):
-    state = official_state_dict()
+    state = official_state_dict(TINY)
     path = save_lightning(tmp_path, state)
     model = AllInOne(**TINY)
     with caplog.at_level(logging.WARNING):
@@ -92,7 +29,7 @@ def test_every_official_tensor_lands_in_place(tmp_path, caplog):
 
 
 def test_prefixes_and_unexpected_keys_in_a_plain_state_dict(tmp_path):
-    state = official_state_dict()
+    state = official_state_dict(TINY)
     state["itm_score.fc.weight"] = torch.randn(2, TINY["width"])
     state["itm_score.fc.bias"] = torch.randn(2)
     state["mpp_score.decoder.weight"] = torch.randn(3, TINY["width"])
@@ -111,7 +48,7 @@ def test_prefixes_and_unexpected_keys_in_a_plain_state_dict(tmp_path):
 
 @pytest.mark.parametrize("frames", [2, 5])
 def test_temporal_embedding_is_cropped_or_zero_padded(tmp_path, frames):
-    state = official_state_dict(frames=frames)
+    state = official_state_dict(TINY, frames=frames)
     model = AllInOne(**TINY)
     report = load_allinone_checkpoint(model, save_lightning(tmp_path, state))
     loaded = model.transformer.temporal_embed.detach()
@@ -126,12 +63,12 @@ def test_temporal_embedding_is_cropped_or_zero_padded(tmp_path, frames):
 
 def test_text_position_table_of_another_length(tmp_path):
     key = "text_embeddings.position_embeddings.weight"
-    longer = official_state_dict(text_positions=12)
+    longer = official_state_dict(TINY, text_positions=12)
     model = AllInOne(**TINY)
     load_allinone_checkpoint(model, save_lightning(tmp_path, longer, name="long.ckpt"))
     torch.testing.assert_close(model.state_dict()[key], longer[key][:8])
 
-    shorter = official_state_dict(text_positions=5)
+    shorter = official_state_dict(TINY, text_positions=5)
     model = AllInOne(**TINY)
     before = model.state_dict()[key].clone()
     report = load_allinone_checkpoint(model, save_lightning(tmp_path, shorter, name="short.ckpt"))
@@ -142,7 +79,7 @@ def test_text_position_table_of_another_length(tmp_path):
 
 
 def test_irreconcilable_shape_names_key_and_both_shapes(tmp_path):
-    state = official_state_dict()
+    state = official_state_dict(TINY)
     state["transformer.blocks.0.attn.qkv.weight"] = torch.randn(5, TINY["width"])
     model = AllInOne(**TINY)
     with pytest.raises(ValueError) as error:
@@ -176,7 +113,7 @@ def test_aux_model_goes_into_the_meta_loss_only_when_given(tmp_path):
     with torch.no_grad():
         for parameter in release.parameters():
             parameter.normal_(0.0, 0.3)
-    state = official_state_dict()
+    state = official_state_dict(TINY)
     state.update({f"aux_model.{k}": v for k, v in release.state_dict().items()})
     path = save_lightning(tmp_path, state, prefix="model.")
 
@@ -200,7 +137,9 @@ def test_aux_model_goes_into_the_meta_loss_only_when_given(tmp_path):
 
 def test_pickled_objects_are_refused_unless_trusted(tmp_path):
     path = tmp_path / "with_hparams.ckpt"
-    torch.save({"hparams": argparse.Namespace(lr=1e-4), "state_dict": official_state_dict()}, path)
+    torch.save(
+        {"hparams": argparse.Namespace(lr=1e-4), "state_dict": official_state_dict(TINY)}, path
+    )
     with pytest.raises(ValueError, match="trust_pickle"):
         load_allinone_checkpoint(AllInOne(**TINY), path)
     report = load_allinone_checkpoint(AllInOne(**TINY), path, trust_pickle=True)

@@ -1,0 +1,2 @@
+"""Makes the shared test-support modules in this folder (``official_allinone``, ``fake_msrvtt``)
+importable from every test folder."""
