@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -138,8 +139,14 @@ def load_checkpoint(
     model_state = get_model_state_dict(model)
     dcp.load(model_state, checkpoint_id=path / "model")
     set_model_state_dict(model, model_state)
+    # A fresh optimizer's template has state for every parameter; the saved one lacks the
+    # parameters that never had a gradient (heads of unused tasks), which keep their empty state.
     optimizer_state = get_optimizer_state_dict(model, optimizer)
-    dcp.load(optimizer_state, checkpoint_id=path / "optimizer")
+    dcp.load(
+        optimizer_state,
+        checkpoint_id=path / "optimizer",
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     set_optimizer_state_dict(model, optimizer, optimizer_state)
 
     rank_states = [

@@ -1,0 +1,136 @@
+"""tools/train.py stopped by a preemption signal and resumed reaches the uninterrupted weights, in
+one process and in two (FSDP) processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from dist_launcher import run_on_ranks
+from dist_workers import cli_worker
+
+import meltr
+from meltr.data.synthetic import ensure_synthetic_dataset
+from meltr.train.cli import main
+from meltr.train.sharded_checkpoint import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS, STOP_AT = 6, 3
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tmp_path_factory):
+    """``tiny_args(output)``: the quickstart recipe shrunk to seconds on a tiny synthetic set."""
+    data = ensure_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"),
+        num_train=32,
+        num_test=16,
+        num_frames=4,
+        size=16,
+        samples_per_shard=8,
+    )
+    shrink = {
+        "DATA_DIR": data["root"],
+        "VOCAB": data["vocab"],
+        "NUM_FRAMES": 2,
+        "IMAGE_SIZE": 16,
+        "RESIZE": 16,
+        "MAX_TEXT_LEN": 20,
+        "AllInOne.width": 32,
+        "AllInOne.depth": 1,
+        "AllInOne.heads": 2,
+        "AllInOne.mlp_ratio": 1.0,
+        "AllInOne.proj_dim": 16,
+        "MetaLossTransformer.dim": 8,
+        "MetaLossTransformer.heads": 2,
+        "MetaLossTransformer.ff_dim": 8,
+        "MetaLossTransformer.scale_hidden": 8,
+        "MetaLearner.meta_every": 2,
+        "MetaLearner.replay": 3,
+        "train_loader.num_workers": 0,
+        "eval_loader.num_workers": 0,
+        "train.batch_size": 8,
+        "train.steps": STEPS,
+        "train.eval_every": STEPS,
+        "train.checkpoint_every": STEPS,
+        "train.log_every": 1,
+    }
+
+    def args(output: Path, strategy: str = "none") -> list[str]:
+        bindings = [f"--{name}={value}" for name, value in shrink.items()]
+        strategy_binding = ["--gin_param", f"Distributed.strategy = '{strategy}'"]
+        return [
+            "--gin",
+            "gin/quickstart.gin",
+            "--output",
+            str(output),
+            *bindings,
+            *strategy_binding,
+        ]
+
+    return args
+
+
+@pytest.fixture(autouse=True)
+def quiet_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(REPO)
+
+
+def exported_weights(run: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    spec = importlib.util.spec_from_file_location("export", REPO / "tools" / "export_checkpoint.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    output = tmp_path / f"{run.name}.pt"
+    export.export_checkpoint(run / "checkpoints" / "last", output, with_learner=True)
+    return torch.load(output, weights_only=True)
+
+
+def test_sigterm_stops_one_process_at_a_step_boundary_and_resume_matches(tiny_args, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main(tiny_args(uninterrupted)) == 0
+
+    original_step = meltr.MetaLearner.step
+
+    def step_with_sigterm(self, batch):
+        if self.step_count + 1 == STOP_AT:
+            signal.raise_signal(signal.SIGTERM)
+        return original_step(self, batch)
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(meltr.MetaLearner, "step", step_with_sigterm)
+        assert main(tiny_args(interrupted)) == 0
+    stopped = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=False)
+    assert stopped["step"] == STOP_AT
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was removed
+
+    assert main(["--output", str(interrupted), "--resume"]) == 0
+    expected = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=False)
+    resumed = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=False)
+    assert resumed["step"] == STEPS
+    for name, weight in expected["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name
+
+
+def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    run_on_ranks(cli_worker, 2, tiny_args(uninterrupted, "fsdp"), None, None)
+
+    interrupted = tmp_path / "interrupted"
+    run_on_ranks(cli_worker, 2, tiny_args(interrupted, "fsdp"), 1, STOP_AT)
+    checkpoint = latest_checkpoint(interrupted / "checkpoints" / "last")
+    assert checkpoint is not None and checkpoint.name == f"step-{STOP_AT:08d}"
+
+    run_on_ranks(cli_worker, 2, ["--output", str(interrupted), "--resume"], None, None)
+    expected = exported_weights(uninterrupted, tmp_path)
+    resumed = exported_weights(interrupted, tmp_path)
+    assert resumed["learner"]["progress"]["step"] == STEPS
+    for name, weight in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
+    for name, weight in expected["learner"]["learner"]["meta_loss"].items():
+        assert torch.equal(resumed["learner"]["learner"]["meta_loss"][name], weight), name
