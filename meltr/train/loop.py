@@ -74,6 +74,7 @@ def train(
     checkpoint: str | None = None,
     require_checkpoint: bool = False,
     trust_checkpoint_pickle: bool = False,
+    checkpoint_meta_loss: bool = False,
     tokenizer: Callable,
     model: Callable[..., torch.nn.Module],
     loss_source: Callable,
@@ -98,8 +99,9 @@ def train(
     ``train_data(data_dir, tokenizer, batch_size=, seed=, start_batch=)`` (an infinite iterable);
     ``test_data(data_dir, tokenizer, batch_size=, view=)`` (one pass over the test split).
 
-    ``checkpoint`` (the ``CHECKPOINT`` macro) initialises the model (and a MELTR-trained meta
-    loss) with ``load_allinone_checkpoint``; ``trust_checkpoint_pickle=True`` lets it unpickle a
+    ``checkpoint`` (the ``CHECKPOINT`` macro) initialises the model with
+    ``load_allinone_checkpoint``, and also the meta loss from the file's ``aux_model.*`` (a
+    MELTR-trained checkpoint) when ``checkpoint_meta_loss``; ``trust_checkpoint_pickle=True`` lets it unpickle a
     file that also holds Python objects (old Lightning ``.ckpt`` files do; only for files you
     trust). ``resume`` continues ``run_dir`` from
     ``checkpoints/last.pt`` with the same step, data position, optimizer, schedule and RNG states.
@@ -144,7 +146,10 @@ def train(
         meta_net = meta_loss(num_tasks=len(loss_source.tasks)).to(device)
         if checkpoint is not None and not resume:
             report = load_allinone_checkpoint(
-                net, checkpoint, meta_loss=meta_net, trust_pickle=trust_checkpoint_pickle
+                net,
+                checkpoint,
+                meta_loss=meta_net if checkpoint_meta_loss else None,
+                trust_pickle=trust_checkpoint_pickle,
             )
             if context.is_main:
                 print(f"loaded {checkpoint}: {_report_summary(report)}")
