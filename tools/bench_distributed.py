@@ -7,8 +7,8 @@ Runs the quickstart recipe's model (a tiny All-in-one: width 128, depth 2, 4 fra
 24 tokens) with its loss source (itc + mlm) and the MetaLearner (Identity solver, finite
 differences, a meta step every 5 steps) on random batches of a fixed global size, so the data
 pipeline is left out. For every configuration it prints the training steps per second (after
-warm-up steps, timed on rank 0) and, per rank, the bytes held by parameters and by the backbone
-optimizer's state.
+warm-up steps, timed on rank 0; one thread per process) and, per rank, the bytes held by
+parameters and by the backbone optimizer's state.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _rank_entry(rank: int, world_size: int, port: int, args: tuple) -> None:
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    torch.set_num_threads(1)  # one core per process, as torchrun sets OMP_NUM_THREADS=1
     bench_rank(*args)
 
 

@@ -12,9 +12,10 @@ Strategies (gin: ``Distributed.strategy``):
   gradients and optimizer state are sharded over ranks; gradients are averaged.
 
 Why the meta-learning stays exact across ranks (see docs/distributed.md): every rank sees its slice
-of the global batch. ``global_mean_losses`` gives every rank the global-batch loss values while
-keeping gradients local, so DDP's / FSDP's gradient averaging yields the exact global gradient and
-everything the meta network sees (losses, finite-difference products) is identical on every rank.
+of the global batch. ``reduced_loss_source`` gives every rank the global-batch loss values while
+keeping gradients local, so FSDP2's gradient averaging yields the exact global gradient and
+everything the meta network sees (losses, finite-difference products) is identical on every rank;
+``mean_over_ranks`` averages phi's gradient anyway; ``assert_replicated`` checks phi.
 """
 
 from __future__ import annotations
