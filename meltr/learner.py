@@ -232,11 +232,14 @@ class MetaLearner:
         aux = primary if aux_batch is primary_batch else evaluate(aux_batch)
         if isinstance(self.solver, Unrolled):
             return self._unrolled_hypergradient(primary.losses, aux.losses)
-        return self._implicit_hypergradient(primary, aux)
+        reuses_current = current is not None and (current is primary or current is aux)
+        return self._implicit_hypergradient(primary, aux, keep_graph=reuses_current)
 
     def _implicit_hypergradient(
-        self, primary: _Pass, aux: _Pass
+        self, primary: _Pass, aux: _Pass, keep_graph: bool
     ) -> tuple[list[torch.Tensor], float]:
+        """``keep_graph``: keep the passes' graphs after taking v (the training step still needs
+        the current pass's graph); otherwise their activations are freed before the products."""
         params = self.params
         aux_values = aux.values.detach().to(self._meta_dtype).requires_grad_()
         with torch.enable_grad():
@@ -259,7 +262,7 @@ class MetaLearner:
             outputs, coeffs = [primary.values], [primary_coeff]
         else:
             outputs, coeffs = [primary.values, aux.values], [primary_coeff, aux_coeff]
-        v = backward_gradients(outputs, coeffs, params, retain_graph=True)
+        v = backward_gradients(outputs, coeffs, params, retain_graph=keep_graph)
 
         meta = self._frozen_meta()
         q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
