@@ -14,7 +14,6 @@ from dist_toy import global_batch, local_losses, local_slice, make_model
 import meltr
 from meltr.losses.allinone import AllInOneRetrievalLoss, gather_across_ranks
 from meltr.models.allinone import AllInOne
-from meltr.train.cli import main
 from meltr.train.distributed import (
     Distributed,
     assert_replicated,
@@ -215,19 +214,3 @@ def allinone_worker(config: Distributed, out_dir: Path) -> None:
     result = {"losses": torch.stack(list(losses.values())).detach(), "grads": full_gradients(model)}
     torch.save(result, out_dir / f"rank{context.rank}.pt")
     shutdown_distributed()
-
-
-def cli_worker(args: list[str], signal_rank: int | None, signal_at_step: int | None) -> None:
-    """``tools/train.py args`` on this rank; rank ``signal_rank`` sends itself SIGUSR1 during
-    its step ``signal_at_step`` (1-based), as a scheduler's preemption notice would arrive."""
-    if signal_rank == int(os.environ["RANK"]):
-        original_step = meltr.MetaLearner.step
-
-        def step_with_signal(self, batch):
-            if self.step_count + 1 == signal_at_step:
-                os.kill(os.getpid(), signal.SIGUSR1)
-            return original_step(self, batch)
-
-        meltr.MetaLearner.step = step_with_signal
-    if main(args) != 0:
-        raise RuntimeError(f"tools/train.py {' '.join(args)} failed")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_cli_worker import cli_worker
 from dist_launcher import run_on_ranks
-from dist_workers import cli_worker
 
 import meltr
 from meltr.data.synthetic import ensure_synthetic_dataset
