@@ -4,6 +4,7 @@ one process and in two (FSDP) processes."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import signal
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from dist_launcher import run_on_ranks
 import meltr
 from meltr.data.synthetic import ensure_synthetic_dataset
 from meltr.train.cli import main
+from meltr.train.evaluate_cli import main as evaluate_main
+from meltr.train.run_log import read_metrics
 from meltr.train.sharded_checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,13 +84,12 @@ def quiet_wandb(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def exported_weights(run: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+def export_last(run: Path, output: Path, with_learner: bool) -> Path:
     spec = importlib.util.spec_from_file_location("export", REPO / "tools" / "export_checkpoint.py")
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
-    output = tmp_path / f"{run.name}.pt"
-    export.export_checkpoint(run / "checkpoints" / "last", output, with_learner=True)
-    return torch.load(output, weights_only=True)
+    export.export_checkpoint(run / "checkpoints" / "last", output, with_learner=with_learner)
+    return output
 
 
 def test_sigterm_stops_one_process_at_a_step_boundary_and_resume_matches(tiny_args, tmp_path):
@@ -127,10 +129,27 @@ def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
     assert checkpoint is not None and checkpoint.name == f"step-{STOP_AT:08d}"
 
     run_on_ranks(cli_worker, 2, ["--output", str(interrupted), "--resume"], None, None)
-    expected = exported_weights(uninterrupted, tmp_path)
-    resumed = exported_weights(interrupted, tmp_path)
+    expected = torch.load(export_last(uninterrupted, tmp_path / "a.pt", True), weights_only=True)
+    resumed = torch.load(export_last(interrupted, tmp_path / "b.pt", True), weights_only=True)
     assert resumed["learner"]["progress"]["step"] == STEPS
     for name, weight in expected["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
     for name, weight in expected["learner"]["learner"]["meta_loss"].items():
         assert torch.equal(resumed["learner"]["learner"]["meta_loss"][name], weight), name
+
+    # The two ranks' evaluation covered the whole test split once: one process evaluating the
+    # exported weights gets the same metrics.
+    weights = export_last(uninterrupted, tmp_path / "weights.pt", with_learner=False)
+    config = str(uninterrupted / "config.gin")
+    assert evaluate_main(["--gin", config, "--checkpoint", str(weights), "--views", "1"]) == 0
+    single_process = json.loads((tmp_path / "weights.test-1views.json").read_text())
+    (two_ranks,) = [r for r in read_metrics(uninterrupted) if "test/t2v_R@1" in r]
+    assert {key: two_ranks[key] for key in single_process} == pytest.approx(single_process)
+
+
+def test_distributed_run_refuses_double_backward_through_the_backbone(tiny_args, tmp_path, capsys):
+    args = tiny_args(tmp_path / "run", "fsdp") + ["--MetaLearner.products='autograd'"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "Distributed.strategy='fsdp' cannot run products='autograd'" in error
+    assert "Use products='finite_difference' with solver Identity" in error
