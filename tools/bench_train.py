@@ -1,0 +1,302 @@
+"""Training cost of MELTR's solvers against the baselines (the paper's Table 8, on our data).
+
+Trains the quickstart's tiny All-in-one on the synthetic retrieval data once per row and seed,
+through the real training system (``gin/quickstart.gin`` plus the row's gin files and bindings,
+run in-process by ``meltr.train.loop.train``), and prints a markdown table:
+
+- s/100 steps: training-step wall time per 100 steps, from the loop's own per-interval timing in
+  ``metrics.jsonl`` (``time/clips_per_s``, which covers fetching the batch, ``MetaLearner.step``
+  and the schedule step, not evaluation, checkpoints, dataset generation or model building); the
+  first log interval (loader start-up) is left out;
+- overhead: that time over multi-task's, minus 1, computed per seed (the rows of one seed run back
+  to back, so machine load affects them alike) and then summarised;
+- meta share: the fraction of that time spent in meta steps (``meta/seconds``);
+- t2v R@1: text-to-video recall at 1 on the test split after the last step (chance: 1 / number of
+  test videos).
+
+Every cell is mean +- sample standard deviation over the seeds. W&B is disabled; each run writes
+its own run directory under ``--output`` (default: a temporary folder, deleted afterwards).
+
+    python tools/bench_train.py            # the full table (about 25 minutes on two cores)
+    python tools/bench_train.py --quick    # smoke mode: 2 seeds, 20 steps, batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+BASE_RECIPE = "gin/quickstart.gin"
+REFERENCE_ROW = "multi-task (sum)"
+AUTOGRAD_ROW = "MELTR Identity, autograd products"
+PRIMARY_METRIC = "test/t2v_R@1"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training configuration: gin files and bindings applied after the base recipe."""
+
+    name: str
+    gin_files: tuple[str, ...] = ()
+    bindings: tuple[str, ...] = ()
+
+
+ROWS = (
+    Row("single-task", ("gin/baselines/single_task.gin",)),
+    Row(REFERENCE_ROW, ("gin/baselines/mtl.gin",)),
+    Row("MELTR Identity, finite differences", ("gin/solvers/identity.gin",)),
+    Row(
+        "MELTR Identity, finite differences, replay=0",
+        ("gin/solvers/identity.gin",),
+        ("MetaLearner.replay = 0",),
+    ),
+    Row(AUTOGRAD_ROW, ("gin/solvers/identity.gin",), ("MetaLearner.products = 'autograd'",)),
+    Row("MELTR Neumann(3), finite differences", ("gin/solvers/neumann.gin",)),
+    Row("MELTR ConjugateGradient(10), finite differences", ("gin/solvers/cg.gin",)),
+    Row("MELTR Unrolled(3)", ("gin/solvers/unrolled.gin",)),
+)
+
+
+@dataclass
+class RunTiming:
+    """Training-step time of one run over the steps after the warm-up interval."""
+
+    steps: int
+    step_seconds: float
+    meta_seconds: float
+
+    @property
+    def seconds_per_100_steps(self) -> float:
+        return 100.0 * self.step_seconds / self.steps
+
+    @property
+    def meta_share(self) -> float:
+        return self.meta_seconds / self.step_seconds
+
+
+@dataclass
+class RowResults:
+    """Per-seed numbers of one row, in seed order."""
+
+    seconds_per_100: list[float] = field(default_factory=list)
+    overhead: list[float] = field(default_factory=list)
+    meta_share: list[float] = field(default_factory=list)
+    recall_at_1: list[float] = field(default_factory=list)
+
+
+def run_timing(
+    records: Sequence[Mapping[str, float]], batch_size: int, meta_every: int, skip_steps: int
+) -> RunTiming:
+    """Training-step time from a run's ``metrics.jsonl`` records (see ``read_metrics``).
+
+    Each training-log record (one with ``time/clips_per_s``) covers the steps after the previous
+    one's ``step`` up to its own; it lasted ``steps * batch_size / clips_per_s`` seconds (every
+    batch is full), of which ``meta/seconds`` (the mean over its meta steps, the steps divisible
+    by ``meta_every``) times the number of those steps went to meta steps. Records ending at or
+    before ``skip_steps`` are left out. Raises ValueError when no record is left.
+    """
+    steps = 0
+    step_seconds = meta_seconds = 0.0
+    previous_step = 0
+    for record in records:
+        if "time/clips_per_s" not in record:
+            continue
+        first, last = previous_step + 1, record["step"]
+        previous_step = last
+        if last <= skip_steps:
+            continue
+        interval_steps = last - first + 1
+        steps += interval_steps
+        step_seconds += interval_steps * batch_size / record["time/clips_per_s"]
+        meta_steps = last // meta_every - (first - 1) // meta_every
+        meta_seconds += meta_steps * record.get("meta/seconds", 0.0)
+    if steps == 0:
+        raise ValueError(f"no training-log record after step {skip_steps} in metrics.jsonl")
+    return RunTiming(steps=steps, step_seconds=step_seconds, meta_seconds=meta_seconds)
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread
+
+
+def format_cell(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``mean +- spread`` of ``values`` times ``scale``, with ``digits`` decimals."""
+    mean, spread = mean_and_spread([scale * v for v in values])
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def markdown_table(results: Mapping[str, RowResults]) -> str:
+    """The benchmark table: one line per row, in the order of ``results``."""
+    lines = [
+        "| method | s / 100 steps | overhead vs multi-task (%) | meta share (%) | t2v R@1 (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results.items():
+        cells = (
+            format_cell(row.seconds_per_100),
+            format_cell(row.overhead, scale=100.0),
+            format_cell(row.meta_share, scale=100.0),
+            format_cell(row.recall_at_1),
+        )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_lines(results: Mapping[str, RowResults]) -> list[str]:
+    """The issue's targets at meta_every=5, checked on the mean overheads."""
+    lines = []
+    finite = results.get("MELTR Identity, finite differences")
+    double = results.get(AUTOGRAD_ROW)
+    if finite is not None:
+        overhead = statistics.fmean(finite.overhead)
+        verdict = "met" if overhead <= 0.35 else "missed"
+        lines.append(
+            f"target 1: Identity + finite differences adds {100 * overhead:.1f}% to multi-task "
+            f"(target <= 35%): {verdict}"
+        )
+    if finite is not None and double is not None:
+        ratio = statistics.fmean(finite.overhead) / statistics.fmean(double.overhead)
+        verdict = "met" if ratio <= 0.5 else "missed"
+        lines.append(
+            f"target 2: its overhead is {ratio:.2f} x the autograd-products row's "
+            f"(target <= 0.50): {verdict}"
+        )
+    return lines
+
+
+def machine_info() -> str:
+    import torch
+
+    return (
+        f"{platform.machine()} {platform.processor() or platform.platform()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
+
+
+def load_average() -> str:
+    return "load average (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def train_row(row: Row, seed: int, run_dir: Path, settings: Mapping[str, int]) -> dict:
+    """Train ``row`` with ``seed`` into ``run_dir``; return its final test metrics."""
+    from meltr.train.config import parse_gin
+    from meltr.train.configurables import train
+
+    steps = settings["steps"]
+    bindings = [
+        f"train.steps = {steps}",
+        f"train.batch_size = {settings['batch_size']}",
+        f"train.log_every = {settings['log_every']}",
+        f"train.eval_every = {steps}",
+        f"train.checkpoint_every = {steps}",
+        f"train.seed = {seed}",
+        *row.bindings,
+    ]
+    files = [str(REPOSITORY_ROOT / BASE_RECIPE)]
+    files += [str(REPOSITORY_ROOT / path) for path in row.gin_files]
+    parse_gin(files, bindings)
+    return train(run_dir)
+
+
+def run_benchmark(
+    rows: Sequence[Row], seeds: Sequence[int], settings: Mapping[str, int], output: Path
+) -> dict[str, RowResults]:
+    """Every row for every seed (rows interleaved within a seed); per-seed overheads against
+    ``REFERENCE_ROW``, which must be among ``rows``."""
+    import gin
+
+    from meltr.train.run_log import read_metrics
+
+    results = {row.name: RowResults() for row in rows}
+    for index, seed in enumerate(seeds):
+        timings = {}
+        # Each seed starts one row later, so a slow drift in machine load favours no row.
+        shift = index % len(rows)
+        for row in [*rows[shift:], *rows[:shift]]:
+            run_dir = output / f"seed{seed}" / row.name.replace(" ", "_").replace(",", "")
+            started = time.perf_counter()
+            metrics = train_row(row, seed, run_dir, settings)
+            run_seconds = time.perf_counter() - started
+            meta_every = gin.query_parameter("MetaLearner.meta_every")
+            timing = run_timing(
+                read_metrics(run_dir), settings["batch_size"], meta_every, settings["log_every"]
+            )
+            timings[row.name] = timing
+            results[row.name].seconds_per_100.append(timing.seconds_per_100_steps)
+            results[row.name].meta_share.append(timing.meta_share)
+            results[row.name].recall_at_1.append(metrics[PRIMARY_METRIC])
+            print(
+                f"seed {seed} | {row.name}: {timing.seconds_per_100_steps:.1f} s/100 steps, "
+                f"meta share {100 * timing.meta_share:.1f}%, "
+                f"t2v R@1 {metrics[PRIMARY_METRIC]:.1f}, whole run {run_seconds:.0f} s | "
+                f"{load_average()}",
+                flush=True,
+            )
+        reference = timings[REFERENCE_ROW].seconds_per_100_steps
+        for name, timing in timings.items():
+            results[name].overhead.append(timing.seconds_per_100_steps / reference - 1.0)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke mode: 2 seeds, 20 steps")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (on a shared machine a team of 2 stalls whenever a core "
+        "is taken by another process)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output", type=Path, default=None, help="keep the run directories here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.batch_size, args.seeds = 20, 8, [0, 1]
+    log_every = 10
+    if args.steps < 2 * log_every:
+        parser.error(f"--steps must be >= {2 * log_every} (the first log interval is warm-up)")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ["WANDB_MODE"] = "disabled"
+    os.environ["WANDB_SILENT"] = "true"
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "log_every": log_every}
+
+    command = "python tools/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"command: {command.strip()}")
+    print(f"machine: {machine_info()}")
+    print(f"before: {load_average()}", flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_train-") as scratch:
+        output = args.output or Path(scratch)
+        results = run_benchmark(ROWS, args.seeds, settings, output)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"after: {load_average()}; {minutes:.1f} minutes in all")
+    print(
+        f"\n{args.steps} steps, batch {args.batch_size}, seeds {args.seeds}, meta_every 5, "
+        f"{args.threads} torch thread(s), recipe gin/quickstart.gin; mean ± sample std over "
+        "seeds\n"
+    )
+    print(markdown_table(results))
+    print()
+    print("\n".join(target_lines(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
