@@ -11,14 +11,20 @@ run in-process by ``meltr.train.loop.train``), and prints a markdown table:
 - overhead: that time over multi-task's, minus 1, computed per seed (the rows of one seed run back
   to back, so machine load affects them alike) and then summarised;
 - meta share: the fraction of that time spent in meta steps (``meta/seconds``);
+- overhead implied by meta share: ``share / (1 - share)``, the overhead if the rest of a MELTR
+  step costs what a multi-task step does (the same forward, backward and update; the meta net's
+  forward on T numbers is negligible). A within-run ratio, so unlike the measured overhead it is
+  not moved by machine load changing between runs;
 - t2v R@1: text-to-video recall at 1 on the test split after the last step (chance: 1 / number of
   test videos).
 
 Every cell is mean +- sample standard deviation over the seeds. W&B is disabled; each run writes
 its own run directory under ``--output`` (default: a temporary folder, deleted afterwards).
 
-    python tools/bench_train.py            # the full table (about 25 minutes on two cores)
+    python tools/bench_train.py            # the full table (about 35 minutes on 2 busy cores)
     python tools/bench_train.py --quick    # smoke mode: 2 seeds, 20 steps, batch 8
+    python tools/bench_train.py --output runs/bench      # keep the run directories, then
+    python tools/bench_train.py --tabulate runs/bench    # print their table again
 """
 
 from __future__ import annotations
@@ -139,14 +145,16 @@ def format_cell(values: Sequence[float], scale: float = 1.0, digits: int = 1) ->
 def markdown_table(results: Mapping[str, RowResults]) -> str:
     """The benchmark table: one line per row, in the order of ``results``."""
     lines = [
-        "| method | s / 100 steps | overhead vs multi-task (%) | meta share (%) | t2v R@1 (%) |",
-        "|---|---|---|---|---|",
+        "| method | s / 100 steps | overhead vs multi-task (%) | meta share (%) "
+        "| overhead implied by meta share (%) | t2v R@1 (%) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
         cells = (
             format_cell(row.seconds_per_100),
             format_cell(row.overhead, scale=100.0),
             format_cell(row.meta_share, scale=100.0),
+            format_cell([share / (1.0 - share) for share in row.meta_share], scale=100.0),
             format_cell(row.recall_at_1),
         )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -210,43 +218,64 @@ def train_row(row: Row, seed: int, run_dir: Path, settings: Mapping[str, int]) -
     return train(run_dir)
 
 
-def run_benchmark(
-    rows: Sequence[Row], seeds: Sequence[int], settings: Mapping[str, int], output: Path
-) -> dict[str, RowResults]:
-    """Every row for every seed (rows interleaved within a seed); per-seed overheads against
-    ``REFERENCE_ROW``, which must be among ``rows``."""
-    import gin
+def run_directory(output: Path, row: Row, seed: int) -> Path:
+    return output / f"seed{seed}" / row.name.replace(" ", "_").replace(",", "")
 
+
+def summarize_run(run_dir: Path) -> tuple[RunTiming, float]:
+    """(training-step timing after the first log interval, final t2v R@1) of a finished run,
+    from its ``config.gin`` and ``metrics.jsonl``."""
+    from meltr.train.config import config_to_dict
     from meltr.train.run_log import read_metrics
 
-    results = {row.name: RowResults() for row in rows}
+    config = config_to_dict((run_dir / "config.gin").read_text())
+    records = read_metrics(run_dir)
+    log_every = config.get("train.log_every", 10)
+    timing = run_timing(
+        records, config["train.batch_size"], config["MetaLearner.meta_every"], log_every
+    )
+    recalls = [record[PRIMARY_METRIC] for record in records if PRIMARY_METRIC in record]
+    if not recalls:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} has no {PRIMARY_METRIC} record")
+    return timing, recalls[-1]
+
+
+def train_all(
+    rows: Sequence[Row], seeds: Sequence[int], settings: Mapping[str, int], output: Path
+) -> None:
+    """Train every row for every seed into ``run_directory(output, row, seed)``, the rows of one
+    seed back to back; print one line per run."""
     for index, seed in enumerate(seeds):
-        timings = {}
         # Each seed starts one row later, so a slow drift in machine load favours no row.
         shift = index % len(rows)
         for row in [*rows[shift:], *rows[:shift]]:
-            run_dir = output / f"seed{seed}" / row.name.replace(" ", "_").replace(",", "")
+            run_dir = run_directory(output, row, seed)
             started = time.perf_counter()
-            metrics = train_row(row, seed, run_dir, settings)
+            train_row(row, seed, run_dir, settings)
             run_seconds = time.perf_counter() - started
-            meta_every = gin.query_parameter("MetaLearner.meta_every")
-            timing = run_timing(
-                read_metrics(run_dir), settings["batch_size"], meta_every, settings["log_every"]
-            )
-            timings[row.name] = timing
-            results[row.name].seconds_per_100.append(timing.seconds_per_100_steps)
-            results[row.name].meta_share.append(timing.meta_share)
-            results[row.name].recall_at_1.append(metrics[PRIMARY_METRIC])
+            timing, recall = summarize_run(run_dir)
             print(
                 f"seed {seed} | {row.name}: {timing.seconds_per_100_steps:.1f} s/100 steps, "
-                f"meta share {100 * timing.meta_share:.1f}%, "
-                f"t2v R@1 {metrics[PRIMARY_METRIC]:.1f}, whole run {run_seconds:.0f} s | "
-                f"{load_average()}",
+                f"meta share {100 * timing.meta_share:.1f}%, t2v R@1 {recall:.1f}, "
+                f"whole run {run_seconds:.0f} s | {load_average()}",
                 flush=True,
             )
-        reference = timings[REFERENCE_ROW].seconds_per_100_steps
-        for name, timing in timings.items():
+
+
+def collect_results(
+    rows: Sequence[Row], seeds: Sequence[int], output: Path
+) -> dict[str, RowResults]:
+    """Per-seed numbers of every row from the finished runs under ``output``; overheads are
+    against ``REFERENCE_ROW`` (which must be among ``rows``) of the same seed."""
+    results = {row.name: RowResults() for row in rows}
+    for seed in seeds:
+        summaries = {row.name: summarize_run(run_directory(output, row, seed)) for row in rows}
+        reference = summaries[REFERENCE_ROW][0].seconds_per_100_steps
+        for name, (timing, recall) in summaries.items():
+            results[name].seconds_per_100.append(timing.seconds_per_100_steps)
             results[name].overhead.append(timing.seconds_per_100_steps / reference - 1.0)
+            results[name].meta_share.append(timing.meta_share)
+            results[name].recall_at_1.append(recall)
     return results
 
 
@@ -283,8 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"before: {load_average()}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_train-") as scratch:
-        output = args.output or Path(scratch)
-        results = run_benchmark(ROWS, args.seeds, settings, output)
+        output = args.tabulate or args.output or Path(scratch)
+        if args.tabulate is None:
+            train_all(ROWS, args.seeds, settings, output)
+        results = collect_results(ROWS, args.seeds, output)
     minutes = (time.perf_counter() - started) / 60
     print(f"after: {load_average()}; {minutes:.1f} minutes in all")
     print(
