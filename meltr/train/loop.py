@@ -29,6 +29,7 @@ from meltr.models.allinone_checkpoint import load_allinone_checkpoint
 from meltr.train.checkpoint import (
     Progress,
     load_checkpoint,
+    restore_rng_state,
     restore_training_checkpoint,
     save_training_checkpoint,
 )
@@ -176,8 +177,9 @@ def train(
 
         saved = load_checkpoint(last_path) if resume and not sharded else None
         progress = Progress(batches_consumed=saved["batches_consumed"]) if saved else Progress()
+        saved_rng = None
         if resume and sharded:
-            progress = restore_training_state(
+            progress, saved_rng = restore_training_state(
                 resume_from, model=net, learner=meta_learner, schedule=lr_schedule
             )
         # The loader is started before the RNG states are restored: starting it may draw from
@@ -195,6 +197,8 @@ def train(
             progress = restore_training_checkpoint(
                 saved, model=net, learner=meta_learner, schedule=lr_schedule
             )
+        if saved_rng is not None:
+            restore_rng_state(saved_rng)
         if resume and context.is_main:
             truncate_metrics(run_dir, after_step=progress.step)
 

@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from meltr.train.checkpoint import Progress, capture_rng_state, restore_rng_state
+from meltr.train.checkpoint import Progress, capture_rng_state
 
 LATEST = "latest"
 INFO = "info.json"
@@ -297,11 +297,12 @@ def restore_training_state(
     model: nn.Module,
     learner: Any,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> Progress:
+) -> tuple[Progress, dict[str, Any]]:
     """Inverse of ``save_training_state`` at the current world size, which may differ from the
-    saving one: the replay buffer's batches are re-split over the ranks; each rank takes its own
-    saved RNG states (rank 0's when it had no counterpart). Mutates ``model``, ``learner``
-    (including its optimizer), ``schedule`` and the global RNG states."""
+    saving one: the replay buffer's batches are re-split over the ranks. Mutates ``model``,
+    ``learner`` (including its optimizer) and ``schedule``; returns the progress and this rank's
+    saved RNG states (rank 0's when it had no counterpart), for the caller to restore with
+    ``restore_rng_state`` once it has started its data stream."""
     rank, world_size = _rank_and_world_size()
     loaded = load_checkpoint(checkpoint, model, learner.optimizer)
     buffers = [state["buffer"] for state in loaded.rank_states]
@@ -314,5 +315,4 @@ def restore_training_state(
     )
     schedule.load_state_dict(loaded.replicated_state["schedule"])
     own = rank if rank < loaded.saved_world_size else 0
-    restore_rng_state(loaded.rank_states[own]["rng"])
-    return Progress(**loaded.replicated_state["progress"])
+    return Progress(**loaded.replicated_state["progress"]), loaded.rank_states[own]["rng"]

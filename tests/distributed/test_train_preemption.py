@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -92,6 +93,15 @@ def export_last(run: Path, output: Path, with_learner: bool) -> Path:
     return output
 
 
+def training_losses(run: Path) -> list[tuple[int, float, float]]:
+    """(step, itc, mlm) of every logged training step, in order."""
+    return [
+        (record["step"], record["loss/itc"], record["loss/mlm"])
+        for record in read_metrics(run)
+        if "loss/itc" in record
+    ]
+
+
 def test_sigterm_stops_one_process_at_a_step_boundary_and_resume_matches(tiny_args, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     assert main(tiny_args(uninterrupted)) == 0
@@ -128,10 +138,14 @@ def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
     checkpoint = latest_checkpoint(interrupted / "checkpoints" / "last")
     assert checkpoint is not None and checkpoint.name == f"step-{STOP_AT:08d}"
 
+    one_process = tmp_path / "one_process"
+    shutil.copytree(interrupted, one_process)
+
     run_on_ranks(cli_worker, 2, ["--output", str(interrupted), "--resume"], None, None)
     expected = torch.load(export_last(uninterrupted, tmp_path / "a.pt", True), weights_only=True)
     resumed = torch.load(export_last(interrupted, tmp_path / "b.pt", True), weights_only=True)
     assert resumed["learner"]["progress"]["step"] == STEPS
+    assert training_losses(interrupted) == training_losses(uninterrupted)
     for name, weight in expected["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
     for name, weight in expected["learner"]["learner"]["meta_loss"].items():
@@ -145,6 +159,13 @@ def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
     single_process = json.loads((tmp_path / "weights.test-1views.json").read_text())
     (two_ranks,) = [r for r in read_metrics(uninterrupted) if "test/t2v_R@1" in r]
     assert {key: two_ranks[key] for key in single_process} == pytest.approx(single_process)
+
+    # The same checkpoint also resumes in one process (a one-process FSDP group): the two ranks'
+    # replay batches are joined and the run finishes.
+    assert main(["--output", str(one_process), "--resume"]) == 0
+    finished = torch.load(export_last(one_process, tmp_path / "c.pt", True), weights_only=True)
+    assert finished["learner"]["progress"]["step"] == STEPS
+    assert finished["learner"]["learner"]["step_count"] == STEPS
 
 
 def test_distributed_run_refuses_double_backward_through_the_backbone(tiny_args, tmp_path, capsys):
