@@ -21,7 +21,7 @@ run in-process by ``meltr.train.loop.train``), and prints a markdown table:
 Every cell is mean +- sample standard deviation over the seeds. W&B is disabled; each run writes
 its own run directory under ``--output`` (default: a temporary folder, deleted afterwards).
 
-    python tools/bench_train.py            # the full table (about 35 minutes on 2 busy cores)
+    python tools/bench_train.py            # the full table (about 25 minutes on 2 busy cores)
     python tools/bench_train.py --quick    # smoke mode: 2 seeds, 20 steps, batch 8
     python tools/bench_train.py --output runs/bench      # keep the run directories, then
     python tools/bench_train.py --tabulate runs/bench    # print their table again
@@ -293,6 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument(
+        "--tabulate",
+        type=Path,
+        default=None,
+        metavar="OUTPUT",
+        help="train nothing: print the table of the runs an earlier --output OUTPUT kept",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.seeds = 20, 8, [0, 1]
