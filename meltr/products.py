@@ -28,8 +28,8 @@ Backends:
   The parameters are restored bit-exactly from one saved copy.
 - ``forward``: ``torch.func.jvp`` over ``torch.func.functional_call`` (exact); the HVP is
   forward-over-reverse. Runs under the math attention kernel.
-- ``autograd``: reverse mode only: one backward per task for ``loss_jvp`` and classic double
-  backward for ``hvp`` (exact; the reference implementation's method; for checking).
+- ``autograd``: reverse mode only, classic double backward through the backbone for both
+  products (exact; the reference implementation's method and cost; for checking).
 """
 
 from __future__ import annotations
@@ -198,21 +198,23 @@ class Forward:
 
 
 class Autograd:
-    """Exact reverse-mode products (double backward for the HVP) under the math kernel."""
+    """Exact reverse-mode products (double backward for both) under the math kernel."""
 
     name = "autograd"
 
     def loss_jvp(
         self, losses: PinnedLosses, params: NamedParams, tangent: Sequence[torch.Tensor]
     ) -> torch.Tensor:
+        # c = J q through the double-backward trick: g(u) = J^T u with a graph, then d(g(u).q)/du.
+        # Differentiating the backbone's backward pass is what the reference implementation pays.
         with math_attention(), torch.enable_grad():
             values = losses()
-            return torch.stack(
-                [
-                    _dot(_grads(values[t], params, retain_graph=True), tangent)
-                    for t in range(values.numel())
-                ]
-            ).detach()
+            probe = torch.zeros_like(values, requires_grad=True)
+            pullback = _grads(values, params, grad_outputs=probe, create_graph=True)
+            (c,) = torch.autograd.grad(
+                _dot(pullback, tangent), probe, allow_unused=True, materialize_grads=True
+            )
+        return c.detach()
 
     def hvp(
         self,
