@@ -104,7 +104,8 @@ def train(
     ``load_allinone_checkpoint``, and also the meta loss from the file's ``aux_model.*`` (a
     MELTR-trained checkpoint) when ``checkpoint_meta_loss``. ``trust_checkpoint_pickle=True``
     lets the loader unpickle a file that also holds Python objects (old Lightning ``.ckpt`` files
-    do; only for files you trust). ``resume`` continues ``run_dir`` from ``checkpoints/last.pt`` with the same step, data position, optimizer, schedule and RNG states.
+    do; only for files you trust). ``resume`` continues ``run_dir`` from ``checkpoints/last.pt``
+    with the same step, data position, optimizer, schedule and RNG states.
     Paths are checked (ConfigError) before anything is read, built or written.
 
     Under torchrun with ``Distributed.strategy`` "ddp" or "fsdp", ``batch_size`` is the global
