@@ -30,6 +30,7 @@ from meltr.models.allinone import AllInOne
 from meltr.train.distributed import (
     Distributed,
     check_meta_learning_supported,
+    exit_process,
     init_distributed,
     mean_over_ranks,
     reduced_loss_source,
@@ -134,6 +135,7 @@ def _rank_entry(rank: int, world_size: int, port: int, args: tuple) -> None:
     )
     torch.set_num_threads(1)  # one core per process, as torchrun sets OMP_NUM_THREADS=1
     bench_rank(*args)
+    exit_process(0)
 
 
 def run(strategy: str, world_size: int, global_batch: int, steps: int) -> tuple[float, int, int]:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import gin
 import torch
@@ -158,6 +160,21 @@ def shutdown_distributed() -> None:
         return
     dist.barrier()
     dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process that took part in a process group, skipping interpreter teardown.
+
+    Even after ``shutdown_distributed``, the C++ destructors that run at interpreter exit
+    occasionally meet a still-joinable gloo/c10d thread and abort the process ("terminate called
+    without an active exception", SIGABRT) after all its work is done and saved; a launcher then
+    reports a failed run. Flushing what Python buffers and leaving through ``os._exit`` avoids
+    those destructors. Call it only once outputs are written and the process group is gone.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

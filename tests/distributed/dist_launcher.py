@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 import torch.multiprocessing as mp
 
+from meltr.train.distributed import exit_process
+
 
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on right now."""
@@ -20,7 +22,8 @@ def free_port() -> int:
 def run_on_ranks(function: Callable, world_size: int, *args: object) -> None:
     """Call ``function(*args)`` on ``world_size`` fresh processes with torchrun's environment set
     (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT on a free port). ``function`` starts the
-    process group itself (``init_distributed``). Raises if any process fails or dies."""
+    process group itself (``init_distributed``) and leaves it; the process then ends through
+    ``exit_process`` (see there why). Raises if any process fails or dies."""
     port = free_port()
     mp.start_processes(
         _rank_entry,
@@ -41,3 +44,4 @@ def _rank_entry(rank: int, world_size: int, port: int, function: Callable, args:
     )
     torch.set_num_threads(1)
     function(*args)
+    exit_process(0)
