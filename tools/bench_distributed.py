@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
 import meltr
 from meltr.losses.allinone import AllInOneRetrievalLoss
@@ -30,11 +28,11 @@ from meltr.models.allinone import AllInOne
 from meltr.train.distributed import (
     Distributed,
     check_meta_learning_supported,
-    exit_process,
     init_distributed,
     mean_over_ranks,
     reduced_loss_source,
     shutdown_distributed,
+    spawn_local_ranks,
     wrap_model,
 )
 
@@ -125,30 +123,12 @@ def bench_rank(strategy: str, global_batch: int, steps: int, report: Path) -> No
     shutdown_distributed()
 
 
-def _rank_entry(rank: int, world_size: int, port: int, args: tuple) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)  # one core per process, as torchrun sets OMP_NUM_THREADS=1
-    bench_rank(*args)
-    exit_process(0)
-
-
 def run(strategy: str, world_size: int, global_batch: int, steps: int) -> tuple[float, int, int]:
     """(steps per second, parameter bytes per rank, optimizer-state bytes per rank)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.txt"
         args = (strategy, global_batch, steps, report)
-        mp.start_processes(
-            _rank_entry, args=(world_size, port, args), nprocs=world_size, start_method="spawn"
-        )
+        spawn_local_ranks(bench_rank, world_size, *args)
         rate, parameters, optimizer = report.read_text().split()
     return float(rate), int(parameters), int(optimizer)
 

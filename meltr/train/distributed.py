@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -175,6 +176,39 @@ def exit_process(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def spawn_local_ranks(function: Callable[..., None], world_size: int, *args: object) -> None:
+    """Call ``function(*args)`` on ``world_size`` fresh local processes with torchrun's environment
+    set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT on a free localhost port) and one
+    torch thread each, as torchrun gives a CPU run. ``function`` starts and leaves the process group
+    itself; each process then ends through ``exit_process``. For tests and benchmarks on one
+    machine; raises if any process fails or dies."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.start_processes(
+        _local_rank_entry,
+        args=(world_size, port, function, args),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
+    )
+
+
+def _local_rank_entry(
+    rank: int, world_size: int, port: int, function: Callable[..., None], args: tuple
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    function(*args)
+    exit_process(0)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

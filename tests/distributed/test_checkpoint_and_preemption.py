@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_launcher import run_on_ranks
 from dist_toy import global_batch, local_slice, make_model
 from dist_workers import checkpoint_worker, preemption_worker, train_steps
 
 from meltr.solvers import ConjugateGradient, Identity, Neumann, Unrolled
-from meltr.train.distributed import Distributed, check_meta_learning_supported
+from meltr.train.distributed import Distributed, check_meta_learning_supported, spawn_local_ranks
 from meltr.train.preemption import PreemptionHandler
 from meltr.train.sharded_checkpoint import (
     latest_checkpoint,
@@ -39,7 +38,9 @@ def fresh_model_and_optimizer():
 
 
 def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
-    run_on_ranks(checkpoint_worker, 2, Distributed(strategy="fsdp"), tmp_path, SAVE_AFTER, TOTAL)
+    spawn_local_ranks(
+        checkpoint_worker, 2, Distributed(strategy="fsdp"), tmp_path, SAVE_AFTER, TOTAL
+    )
     two_ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     torch.testing.assert_close(two_ranks[0]["history"], two_ranks[1]["history"], rtol=0, atol=0)
 
@@ -94,7 +95,7 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_ranks_agree_to_stop_at_the_step_one_of_them_was_signalled(tmp_path):
-    run_on_ranks(preemption_worker, 2, Distributed(strategy="ddp"), tmp_path, 1, 2)
+    spawn_local_ranks(preemption_worker, 2, Distributed(strategy="ddp"), tmp_path, 1, 2)
     stops = [torch.load(tmp_path / f"rank{r}.pt")["stopped_at"] for r in range(2)]
     assert stops == [2, 2]
 

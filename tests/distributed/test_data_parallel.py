@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_launcher import run_on_ranks
 from dist_toy import global_batch, local_losses, make_model
 from dist_workers import (
     LOSS_WEIGHTS,
@@ -19,7 +18,7 @@ from dist_workers import (
 
 from meltr.losses.allinone import AllInOneRetrievalLoss
 from meltr.solvers import Identity, Neumann
-from meltr.train.distributed import Distributed
+from meltr.train.distributed import Distributed, spawn_local_ranks
 
 TOLERANCE = dict(rtol=1e-10, atol=1e-12)
 
@@ -58,7 +57,7 @@ def single_process_reference() -> dict:
     ids=["fsdp+checkpointing", "ddp"],
 )
 def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
-    run_on_ranks(gradient_worker, 2, config, tmp_path)
+    spawn_local_ranks(gradient_worker, 2, config, tmp_path)
     expected = single_process_reference()
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -83,7 +82,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
 )
 def test_meta_learning_on_two_ranks_matches_one_process(config, solver, tmp_path):
     steps = 4  # meta steps at 2 and 4
-    run_on_ranks(learner_worker, 2, config, tmp_path, solver, steps)
+    spawn_local_ranks(learner_worker, 2, config, tmp_path, solver, steps)
     expected = run_learner(make_model(), solver, steps, rank=0, world_size=1)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for got in ranks:
@@ -100,7 +99,7 @@ def test_allinone_losses_on_two_ranks_match_one_process(tmp_path):
     """itc over gathered features and mlm over the global masked-token count: the mean over
     ranks of the losses and of the gradients equals the single-process values (the two halves of
     the batch have different numbers of masked tokens)."""
-    run_on_ranks(allinone_worker, 2, Distributed(strategy="fsdp"), tmp_path)
+    spawn_local_ranks(allinone_worker, 2, Distributed(strategy="fsdp"), tmp_path)
     model = tiny_allinone()
     losses = AllInOneRetrievalLoss(("itc", "mlm"))(model, allinone_batch())
     vector = torch.stack(list(losses.values()))

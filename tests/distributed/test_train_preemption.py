@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from dist_cli_worker import cli_worker
-from dist_launcher import run_on_ranks
 
 import meltr
 from meltr.data.synthetic import ensure_synthetic_dataset
 from meltr.train.cli import main
+from meltr.train.distributed import spawn_local_ranks
 from meltr.train.evaluate_cli import main as evaluate_main
 from meltr.train.run_log import read_metrics
 from meltr.train.sharded_checkpoint import latest_checkpoint
@@ -131,17 +131,17 @@ def test_sigterm_stops_one_process_at_a_step_boundary_and_resume_matches(tiny_ar
 
 def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
-    run_on_ranks(cli_worker, 2, tiny_args(uninterrupted, "fsdp"), None, None)
+    spawn_local_ranks(cli_worker, 2, tiny_args(uninterrupted, "fsdp"), None, None)
 
     interrupted = tmp_path / "interrupted"
-    run_on_ranks(cli_worker, 2, tiny_args(interrupted, "fsdp"), 1, STOP_AT)
+    spawn_local_ranks(cli_worker, 2, tiny_args(interrupted, "fsdp"), 1, STOP_AT)
     checkpoint = latest_checkpoint(interrupted / "checkpoints" / "last")
     assert checkpoint is not None and checkpoint.name == f"step-{STOP_AT:08d}"
 
     one_process = tmp_path / "one_process"
     shutil.copytree(interrupted, one_process)
 
-    run_on_ranks(cli_worker, 2, ["--output", str(interrupted), "--resume"], None, None)
+    spawn_local_ranks(cli_worker, 2, ["--output", str(interrupted), "--resume"], None, None)
     expected = torch.load(export_last(uninterrupted, tmp_path / "a.pt", True), weights_only=True)
     resumed = torch.load(export_last(interrupted, tmp_path / "b.pt", True), weights_only=True)
     assert resumed["learner"]["progress"]["step"] == STEPS
