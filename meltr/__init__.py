@@ -4,7 +4,13 @@ The core imports only torch, torchopt and the standard library.
 """
 
 from meltr import solvers
-from meltr.learner import MetaLearner
+from meltr.learner import MetaLearner, NonFiniteParametersError
 from meltr.meta_loss import LinearMetaLoss, MetaLossTransformer
 
-__all__ = ["LinearMetaLoss", "MetaLearner", "MetaLossTransformer", "solvers"]
+__all__ = [
+    "LinearMetaLoss",
+    "MetaLearner",
+    "MetaLossTransformer",
+    "NonFiniteParametersError",
+    "solvers",
+]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,48 @@ from meltr.solvers import Identity, Solver, Unrolled
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
+SKIP_REASONS = (
+    "nonfinite_loss",  # a task loss (inner update skipped)
+    "nonfinite_meta_loss",  # M or dM/dl at the step's losses (inner update skipped)
+    "nonfinite_grad",  # a gradient of the weights (inner update skipped)
+    "nonfinite_hypergrad",  # the hypergradient (meta update skipped)
+    "nonfinite_phi",  # phi after the meta update (meta update undone)
+)
+
+
+class NonFiniteParametersError(RuntimeError):
+    """A model parameter became non-finite in an inner update whose inputs were finite."""
+
+
 def _identity_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _first_nonfinite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | None:
+    """The name of the first tensor with a non-finite entry (None entries are skipped).
+
+    Decided on the max-norm, which overflows for no finite value; for sharded (DTensor)
+    tensors the norm is global, so every rank reaches the same decision.
+    """
+    named = [(name, t.detach()) for name, t in named if t is not None]
+    if not named or _finite_max_norm([t for _, t in named]):
+        return None
+    return next(name for name, t in named if not _finite_max_norm([t]))
+
+
+def _finite_max_norm(tensors: list[torch.Tensor]) -> bool:
+    norm = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
+    if hasattr(norm, "full_tensor"):  # a DTensor
+        norm = norm.full_tensor()
+    return bool(torch.isfinite(norm))
 
 
 @dataclass
@@ -81,6 +122,20 @@ class MetaLearner:
             reduced_loss_source``) then makes every quantity phi sees identical on all ranks.
         replay_seed: seed of the dedicated generator for replay draws (the global RNG is
             never used for them).
+        check_parameters: after every inner update, check that the model's parameters are
+            finite and raise ``NonFiniteParametersError`` if not (one pass over the weights).
+
+    Non-finite values never reach the weights: an inner update is skipped when a task loss,
+    ``M``, ``dM/dl`` or a gradient is non-finite, a meta update when the hypergradient is
+    non-finite or phi would become non-finite (phi and the meta optimizer are then restored).
+    Skips are counted in ``skipped`` (reported as ``skipped/<reason>`` running totals);
+    ``consecutive_skips`` counts inner updates skipped in a row and ``last_skip`` says what the
+    latest skip was about, for the caller to warn and to stop a diverged run.
+
+    A meta loss may keep state updated from the losses (the weighting baselines of
+    ``meltr.weighting``): if it defines ``after_update(losses, recompute)``, it is called after
+    every applied inner update with the detached ``[T]`` losses the update descended and a
+    function returning the losses of the same batch at the updated weights (no graph).
     """
 
     def __init__(
@@ -99,18 +154,28 @@ class MetaLearner:
         direct_grad: bool = True,
         reduce: Reduce | None = None,
         replay_seed: int = 0,
+        check_parameters: bool = True,
     ) -> None:
-        if meta_every < 1:
-            raise ValueError(f"meta_every must be >= 1, got {meta_every}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if replay < 0:
-            raise ValueError(f"replay must be >= 0, got {replay}")
-        if meta_grad_clip is not None and meta_grad_clip <= 0:
-            raise ValueError(f"meta_grad_clip must be > 0 or None, got {meta_grad_clip}")
+        if not _is_int(meta_every) or meta_every < 1:
+            raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
+        if not _is_number(gamma) or not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        if not _is_int(replay) or replay < 0:
+            raise ValueError(f"replay must be an integer >= 0, got {replay!r}")
+        if meta_grad_clip is not None and (
+            not _is_number(meta_grad_clip) or not meta_grad_clip > 0
+        ):
+            raise ValueError(f"meta_grad_clip must be a number > 0 or None, got {meta_grad_clip!r}")
         solver = Identity() if solver is None else solver
+        if isinstance(solver, type):
+            raise ValueError(
+                f"solver must be an instance, got the class {solver.__name__}: "
+                f"pass {solver.__name__}() (in gin: @{solver.__name__}())"
+            )
         if not hasattr(solver, "solve") and not isinstance(solver, Unrolled):
             raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")
+        if not isinstance(meta_loss, nn.Module):
+            raise ValueError(f"meta_loss must be an nn.Module, got {type(meta_loss).__name__}")
         self.products = make_products(products)
         self.model = model
         self.meta_loss = meta_loss
@@ -127,9 +192,12 @@ class MetaLearner:
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model has no trainable parameters (requires_grad=True)")
+        self.check_parameters = check_parameters
         self.keys: list[str] | None = None
         self.step_count = 0
-        self.skipped = {"nonfinite_loss": 0, "nonfinite_hypergrad": 0}
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.consecutive_skips = 0
+        self.last_skip: str | None = None
         self.generator = torch.Generator().manual_seed(replay_seed)
         self.buffer: collections.deque = collections.deque(maxlen=max(replay, 1))
 
@@ -152,6 +220,12 @@ class MetaLearner:
 
     def _set_keys(self, losses: dict) -> None:
         keys = list(losses.keys())
+        stack_losses(losses, keys)  # type and shape errors name the loss
+        if torch.is_grad_enabled() and not any(v.requires_grad for v in losses.values()):
+            raise ValueError(
+                f"none of the losses {keys} depends on the model's trainable parameters "
+                "(no autograd graph): compute them from model(...) outputs, with grad enabled"
+            )
         num_tasks = getattr(self.meta_loss, "num_tasks", None)
         if num_tasks is not None and num_tasks != len(keys):
             raise ValueError(
@@ -294,19 +368,23 @@ class MetaLearner:
         ``meta_every``-th call by a meta update of phi.
 
         A meta step whose primary and/or aux batch is the current batch reuses this step's
-        forward pass. A non-finite task loss skips the step (weights untouched, no meta
-        step, batch not kept for replay); a non-finite hypergradient skips the meta update.
-        Returns flat float metrics: ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``,
-        ``skipped/nonfinite_loss`` and ``skipped/nonfinite_hypergrad`` (running totals) and,
-        on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
+        forward pass. A skipped inner update (non-finite task loss, ``M``, ``dM/dl`` or
+        gradient; see the class docstring) leaves the weights and the optimizer untouched, runs
+        no meta step and keeps no batch for replay. Returns flat float metrics:
+        ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``, ``skipped/<reason>`` (running totals)
+        and, on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
+
+        Raises:
+            NonFiniteParametersError: ``check_parameters`` and a parameter became non-finite
+                in the update (the optimizer's state is then no longer trustworthy).
         """
         self.step_count += 1
         current = self._forward(batch)
         values = current.values
         metrics = {f"loss/{k}": float(v) for k, v in zip(self.keys, values.detach(), strict=True)}
         if not bool(torch.isfinite(values).all()):
-            self.skipped["nonfinite_loss"] += 1
-            return metrics | self._skip_metrics()
+            bad = [k for k, v in zip(self.keys, values.detach(), strict=True) if not v.isfinite()]
+            return metrics | self._skip("nonfinite_loss", f"task loss {', '.join(bad)}")
 
         if self.meta_optimizer is not None:
             if self.replay > 0:
@@ -316,14 +394,55 @@ class MetaLearner:
 
         dmeta_dl = self._loss_derivative(values, create_graph=False)
         with torch.no_grad():
-            metrics["meta_loss"] = float(self._meta(values.detach()))
+            meta_value = self._meta(values.detach())
+        metrics["meta_loss"] = float(meta_value)
+        metrics |= {f"dM/dl/{k}": float(g) for k, g in zip(self.keys, dmeta_dl, strict=True)}
+        if not (bool(torch.isfinite(meta_value)) and bool(torch.isfinite(dmeta_dl).all())):
+            if self.replay > 0 and self.buffer and self.buffer[-1] is batch:
+                self.buffer.pop()
+            detail = (
+                f"M = {float(meta_value)}"
+                if not bool(torch.isfinite(meta_value))
+                else f"dM/dl = {dmeta_dl.tolist()}"
+            )
+            return metrics | self._skip("nonfinite_meta_loss", detail)
         # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
         for _, p in self.params:
             p.grad = None
         values.backward(dmeta_dl.to(values.dtype))
+        bad_grad = _first_nonfinite((n, p.grad) for n, p in self.params)
+        if bad_grad is not None:
+            for _, p in self.params:
+                p.grad = None
+            if self.replay > 0 and self.buffer and self.buffer[-1] is batch:
+                self.buffer.pop()
+            return metrics | self._skip("nonfinite_grad", f"gradient of {bad_grad}")
         self.optimizer.step()
-        metrics |= {f"dM/dl/{k}": float(g) for k, g in zip(self.keys, dmeta_dl, strict=True)}
+        if self.check_parameters:
+            bad_param = _first_nonfinite(self.params)
+            if bad_param is not None:
+                raise NonFiniteParametersError(
+                    f"parameter {bad_param} became non-finite in the inner update of step "
+                    f"{self.step_count} although its gradient was finite: the optimizer "
+                    "diverged (learning rate too high?)"
+                )
+        self.consecutive_skips = 0
+        after_update = getattr(self.meta_loss, "after_update", None)
+        if after_update is not None:
+            after_update(values.detach(), lambda: self._losses_without_graph(current))
         return metrics | self._skip_metrics()
+
+    def _losses_without_graph(self, current: _Pass) -> torch.Tensor:
+        """The losses of ``current``'s batch at the live weights, no graph, no side effects."""
+        with torch.no_grad(), self._no_side_effects():
+            return current.losses().detach()
+
+    def _skip(self, reason: str, detail: str) -> dict[str, float]:
+        """Count an inner update skipped for ``reason``; the skip metrics."""
+        self.skipped[reason] += 1
+        self.consecutive_skips += 1
+        self.last_skip = f"{reason}: non-finite {detail}"
+        return self._skip_metrics()
 
     def _skip_metrics(self) -> dict[str, float]:
         return {f"skipped/{k}": float(v) for k, v in self.skipped.items()}
@@ -339,14 +458,28 @@ class MetaLearner:
             grads, l_pri = self._hypergradient(primary_batch, aux_batch, current)
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
         metrics = {"meta/L_pri": l_pri, "meta/hypergrad_norm": norm}
-        if math.isfinite(norm):
-            for p, g in zip(self.meta_loss.parameters(), grads, strict=True):
+        if not math.isfinite(norm):
+            self.skipped["nonfinite_hypergrad"] += 1
+            self.last_skip = f"nonfinite_hypergrad: meta step {self.step_count}, norm {norm}"
+        else:
+            phi = list(self.meta_loss.parameters())
+            saved_phi = [p.detach().clone() for p in phi]
+            saved_state = copy.deepcopy(self.meta_optimizer.state_dict())
+            for p, g in zip(phi, grads, strict=True):
                 p.grad = g.detach()
             if self.meta_grad_clip is not None:
-                nn.utils.clip_grad_norm_(list(self.meta_loss.parameters()), self.meta_grad_clip)
+                nn.utils.clip_grad_norm_(phi, self.meta_grad_clip)
             self.meta_optimizer.step()
-        else:
-            self.skipped["nonfinite_hypergrad"] += 1
+            bad_phi = _first_nonfinite(self.meta_loss.named_parameters())
+            if bad_phi is not None:
+                with torch.no_grad():
+                    for p, saved in zip(phi, saved_phi, strict=True):
+                        p.copy_(saved)
+                self.meta_optimizer.load_state_dict(saved_state)
+                self.skipped["nonfinite_phi"] += 1
+                self.last_skip = (
+                    f"nonfinite_phi: meta step {self.step_count} would make {bad_phi} non-finite"
+                )
         metrics["meta/seconds"] = time.perf_counter() - start
         return metrics
 
@@ -365,6 +498,7 @@ class MetaLearner:
             "generator": self.generator.get_state(),
             "buffer": list(self.buffer),
             "skipped": dict(self.skipped),
+            "consecutive_skips": self.consecutive_skips,
             "keys": self.keys,
         }
 
@@ -382,5 +516,6 @@ class MetaLearner:
         self.generator.set_state(state["generator"])
         self.buffer.clear()
         self.buffer.extend(state["buffer"])
-        self.skipped = dict(state["skipped"])
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0) | dict(state["skipped"])
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
         self.keys = None if state["keys"] is None else list(state["keys"])

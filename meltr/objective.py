@@ -55,7 +55,7 @@ def stack_losses(losses: Mapping[str, torch.Tensor], keys: Sequence[str]) -> tor
     """Stack a loss source's output into a ``[T]`` vector in the order of ``keys``.
 
     Raises ValueError when the keys differ from ``keys`` (naming both lists) or a loss is not
-    a scalar (naming its key and shape).
+    a scalar tensor (naming its key and type or shape).
     """
     if list(losses.keys()) != list(keys):
         raise ValueError(
@@ -63,6 +63,11 @@ def stack_losses(losses: Mapping[str, torch.Tensor], keys: Sequence[str]) -> tor
             "(same keys in the same order on every call)"
         )
     for key, value in losses.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"loss {key!r} is a {type(value).__name__}, not a tensor: a loss source must "
+                "return tensors computed from the model (with their autograd graph)"
+            )
         if value.numel() != 1:
             raise ValueError(f"loss {key!r} must be a scalar, got shape {tuple(value.shape)}")
     return torch.stack([losses[key].reshape(()) for key in keys])

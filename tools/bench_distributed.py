@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 import meltr
-from meltr.losses.allinone import AllInOneRetrievalLoss
-from meltr.models.allinone import AllInOne
+from meltr.backbones.allinone.losses import AllInOneRetrievalLoss
+from meltr.backbones.allinone.model import AllInOne
 from meltr.train.distributed import (
     Distributed,
     check_meta_learning_supported,

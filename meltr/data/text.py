@@ -70,6 +70,11 @@ class WordPieceTokenizer:
         mask = torch.tensor([encoding.attention_mask for encoding in encodings], dtype=torch.int64)
         return ids.view(len(encodings), self.max_length), mask.view(len(encodings), self.max_length)
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids: special tokens dropped, ``##`` continuations joined to the previous
+        piece (``[CLS] a red ##dish box [SEP]`` -> ``"a reddish box"``)."""
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
 
 class MaskingVocab(Protocol):
     """What `mask_tokens` needs to know about the vocabulary (a `WordPieceTokenizer` is one)."""

@@ -17,10 +17,9 @@ import torch
 
 import meltr
 from meltr import solvers
+from meltr.backbones.allinone import AllInOne, AllInOneRetrievalLoss
 from meltr.data import pipeline
 from meltr.data.text import WordPieceTokenizer
-from meltr.losses import AllInOneRetrievalLoss
-from meltr.models import AllInOne
 from meltr.train import data_paths, schedule
 from meltr.train.loop import train
 
@@ -38,8 +37,8 @@ gin.external_configurable(
     schedule.warmup_linear_schedule, module="meltr.train", denylist=["optimizer", "total_steps"]
 )
 
-gin.external_configurable(AllInOne, module="meltr.models", denylist=["vocab_size"])
-gin.external_configurable(AllInOneRetrievalLoss, module="meltr.losses")
+gin.external_configurable(AllInOne, module="meltr.backbones.allinone", denylist=["vocab_size"])
+gin.external_configurable(AllInOneRetrievalLoss, module="meltr.backbones.allinone")
 
 gin.external_configurable(WordPieceTokenizer, module="meltr.data", denylist=["vocab_path"])
 gin.external_configurable(

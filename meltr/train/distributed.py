@@ -214,7 +214,7 @@ def _local_rank_entry(
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The outermost transformer blocks of ``model``, in registration order: instances of
     ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` and modules whose class name
-    ends in ``Block`` (the convention of the backbones in ``meltr.models``). Blocks inside a block
+    ends in ``Block``. Blocks inside a block
     are not listed again."""
     blocks: list[nn.Module] = []
     inside: set[int] = set()

@@ -22,12 +22,12 @@ from typing import Any
 import gin
 import torch
 
-from meltr.models.allinone_checkpoint import load_allinone_checkpoint
+from meltr.backbones.allinone.checkpoint import load_allinone_checkpoint
+from meltr.tasks.retrieval import evaluate_retrieval
 from meltr.train.checkpoint import is_training_checkpoint
 from meltr.train.cli import CONFIG_ERROR
 from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings
 from meltr.train.data_paths import check_data_paths
-from meltr.train.evaluation import evaluate_retrieval
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meltr.models.allinone_checkpoint import load_allinone_checkpoint
+from meltr.backbones.allinone.checkpoint import load_allinone_checkpoint
+from meltr.tasks.retrieval import evaluate_retrieval
 from meltr.train.checkpoint import (
     Progress,
     load_checkpoint,
@@ -46,7 +47,6 @@ from meltr.train.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from meltr.train.evaluation import evaluate_retrieval
 from meltr.train.meters import IntervalMeter
 from meltr.train.preemption import PreemptionHandler
 from meltr.train.run_log import RunLog, truncate_metrics

@@ -281,3 +281,120 @@ def test_hypergradient_changes_no_state(solver, products):
     _assert_same(before, _snapshot(learner))
     assert all(torch.isfinite(h).all() for h in hyper)
     assert [h.shape for h in hyper] == [p.shape for p in meta.parameters()]
+
+
+# ---------------------------------------------------------------- non-finite values and bad input
+
+
+def test_nonfinite_meta_loss_skips_update_and_counts():
+    meta = meltr.LinearMetaLoss(3, init=[float("nan"), 0.0, 0.0]).requires_grad_(False)
+    learner = _learner(meta=meta, meta_optimizer=None)
+    before = _params(learner.model)
+    metrics = learner.step(mlp_batch(0))
+    assert metrics["skipped/nonfinite_meta_loss"] == 1.0
+    assert learner.consecutive_skips == 1 and "M = nan" in learner.last_skip
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(learner.model), strict=True))
+
+
+def test_nonfinite_gradient_skips_update():
+    def source(model, batch):
+        losses = mlp_source(model, batch)
+        # finite value (0), non-finite gradient (d sqrt(x)/dx at 0 times 0 = nan)
+        losses["aux_b"] = losses["aux_b"] + (next(model.parameters()) * 0).abs().sum().sqrt()
+        return losses
+
+    learner = _learner(loss_source=source, meta_optimizer=None)
+    before = _params(learner.model)
+    metrics = learner.step(mlp_batch(0))
+    assert metrics["skipped/nonfinite_grad"] == 1.0
+    assert "gradient of" in learner.last_skip
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(learner.model), strict=True))
+    assert all(p.grad is None for p in learner.model.parameters())
+
+
+def test_meta_update_that_makes_phi_nonfinite_is_undone():
+    meta = _meta_transformer()
+    learner = _learner(
+        meta=meta, meta_optimizer=torch.optim.SGD(meta.parameters(), lr=float("inf")), meta_every=1
+    )
+    before = _params(meta)
+    metrics = learner.step(mlp_batch(0))
+    assert metrics["skipped/nonfinite_phi"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(meta), strict=True))
+    assert all(torch.isfinite(p).all() for p in learner.model.parameters())
+    assert learner.consecutive_skips == 0  # the inner update itself was applied
+
+
+def test_parameters_that_overflow_in_the_update_raise():
+    class Overflowing(torch.optim.SGD):  # finite gradients, an update that overflows
+        def step(self, closure=None):
+            super().step(closure)
+            with torch.no_grad():
+                self.param_groups[0]["params"][-1].mul_(float("inf"))
+
+    model = MLP()
+    learner = _learner(model, optimizer=Overflowing(model.parameters(), lr=0.1))
+    last = [n for n, _ in model.named_parameters()][-1]
+    with pytest.raises(meltr.learner.NonFiniteParametersError, match=f"{last} became non-finite"):
+        learner.step(mlp_batch(0))
+
+
+def test_consecutive_skips_reset_by_an_applied_update():
+    def source(model, batch):
+        losses = mlp_source(model, batch)
+        return losses | ({"aux_a": losses["aux_a"] * float("nan")} if batch.get("poison") else {})
+
+    learner = _learner(loss_source=source)
+    learner.step({**mlp_batch(0), "poison": True})
+    learner.step({**mlp_batch(1), "poison": True})
+    assert learner.consecutive_skips == 2
+    learner.step(mlp_batch(2))
+    assert learner.consecutive_skips == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"solver": meltr.solvers.Neumann}, r"instance.*Neumann\(\)"),
+        ({"gamma": float("nan")}, "gamma"),
+        ({"meta_every": 2.5}, "meta_every must be an integer"),
+        ({"replay": 1.5}, "replay must be an integer"),
+    ],
+)
+def test_invalid_arguments_of_the_wrong_kind(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _learner(**kwargs)
+
+
+def test_loss_source_returning_floats_is_named():
+    def source(model, batch):
+        return {k: float(v) for k, v in mlp_source(model, batch).items()}
+
+    with pytest.raises(ValueError, match="loss 'primary' is a float, not a tensor"):
+        _learner(loss_source=source).step(mlp_batch(0))
+
+
+def test_losses_without_a_graph_are_named():
+    def source(model, batch):
+        return {k: v.detach() for k, v in mlp_source(model, batch).items()}
+
+    with pytest.raises(ValueError, match="depends on the model's trainable parameters"):
+        _learner(loss_source=source).step(mlp_batch(0))
+
+
+def test_after_update_hook_sees_the_losses_before_and_after_the_update():
+    class Recording(meltr.LinearMetaLoss):
+        def after_update(self, losses, recompute):
+            self.seen = (losses.clone(), recompute())
+
+    torch.manual_seed(0)
+    model = MLP()
+    meta = Recording(3).requires_grad_(False)
+    learner = _learner(model, meta, meta_optimizer=None)
+    batch = mlp_batch(0)
+    before = torch.stack(list(mlp_source(model, batch).values())).detach()
+    learner.step(batch)
+    after = torch.stack(list(mlp_source(model, batch).values())).detach()
+    torch.testing.assert_close(meta.seen[0], before)
+    torch.testing.assert_close(meta.seen[1], after)
+    assert not meta.seen[1].requires_grad

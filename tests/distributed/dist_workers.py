@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from dist_toy import global_batch, local_losses, local_slice, make_model
 
 import meltr
-from meltr.losses.allinone import AllInOneRetrievalLoss, gather_across_ranks
-from meltr.models.allinone import AllInOne
+from meltr.backbones.allinone.losses import AllInOneRetrievalLoss
+from meltr.backbones.allinone.model import AllInOne
+from meltr.backbones.losses import gather_across_ranks
 from meltr.train.distributed import (
     Distributed,
     assert_replicated,

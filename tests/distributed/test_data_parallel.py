@@ -16,7 +16,7 @@ from dist_workers import (
     tiny_allinone,
 )
 
-from meltr.losses.allinone import AllInOneRetrievalLoss
+from meltr.backbones.allinone.losses import AllInOneRetrievalLoss
 from meltr.solvers import Identity, Neumann
 from meltr.train.distributed import Distributed, spawn_local_ranks
 

@@ -67,7 +67,7 @@ def test_bad_configuration_exits_2_before_any_work(
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built despite the bad configuration")
 
-    monkeypatch.setattr(meltr.models.AllInOne, "__init__", refuse)
+    monkeypatch.setattr(meltr.backbones.allinone.AllInOne, "__init__", refuse)
     run = tmp_path / "run"
     args = tiny_args(run) + extra
 

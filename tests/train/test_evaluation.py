@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from meltr.train.evaluation import evaluate_retrieval
+from meltr.tasks.retrieval import evaluate_retrieval
 
 DIM = 6
 

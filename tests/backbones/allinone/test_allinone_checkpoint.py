@@ -8,7 +8,7 @@ from official_allinone import official_state_dict, save_lightning
 from torch import nn
 
 import meltr
-from meltr.models import AllInOne, load_allinone_checkpoint
+from meltr.backbones.allinone import AllInOne, load_allinone_checkpoint
 
 
 def test_every_official_tensor_lands_in_place(tmp_path, caplog):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from allinone_tiny import TINY
 
-from meltr.models import AllInOne
-from meltr.models.allinone import Attention, temporal_roll
+from meltr.backbones.allinone import AllInOne
+from meltr.backbones.allinone.model import Attention, temporal_roll
 
 
 def test_output_shapes_per_mode(tiny_model, tiny_batch):

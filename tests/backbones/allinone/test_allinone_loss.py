@@ -5,8 +5,8 @@ import torch
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from meltr.losses import AllInOneRetrievalLoss
-from meltr.losses.allinone import sample_hard_negatives
+from meltr.backbones.allinone import AllInOneRetrievalLoss
+from meltr.backbones.allinone.losses import sample_hard_negatives
 
 TEMPERATURE = 0.05
 

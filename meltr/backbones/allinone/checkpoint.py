@@ -1,22 +1,22 @@
 """Load the official All-in-one checkpoints (and MELTR-trained ones) into :class:`AllInOne`.
 
 The release saves PyTorch Lightning files with the weights under ``"state_dict"``; the keys
-equal this package's ``AllInOne.state_dict()`` keys apart from the adaptations listed in
+equal ``AllInOne.state_dict()``'s apart from the adaptations listed in
 :func:`load_allinone_checkpoint`.
 """
 
 from __future__ import annotations
 
-import logging
-import pickle
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from os import PathLike
 
-import torch
 from torch import Tensor, nn
 
-logger = logging.getLogger(__name__)
+from meltr.backbones.checkpoint import (
+    LoadReport,
+    read_state_dict,
+    shape_mismatch,
+    strip_prefixes,
+)
 
 STRIPPED_PREFIXES = ("module.", "model.")
 META_LOSS_PREFIX = "aux_model."
@@ -50,23 +50,6 @@ RELEASE_META_LOSS_KEYS = {
 }
 
 
-@dataclass
-class LoadReport:
-    """What :func:`load_allinone_checkpoint` did, by (model-side) key.
-
-    ``loaded``: keys copied into the model (or, prefixed ``aux_model.``, into the meta loss);
-    ``missing``: model keys the checkpoint lacks (left as they were); ``unexpected``: checkpoint
-    keys the model lacks (skipped); ``adapted``: key -> what was changed to make it fit;
-    ``ignored``: ``aux_model.*`` keys skipped because no meta loss was given.
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    adapted: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-
-
 def load_allinone_checkpoint(
     model: nn.Module,
     path: str | PathLike,
@@ -92,11 +75,11 @@ def load_allinone_checkpoint(
     holds arbitrary Python objects (old Lightning files may) is refused unless
     ``trust_pickle=True``, which unpickles it in full: only do that for files you trust.
     """
-    state = _read_state_dict(path, trust_pickle)
+    state = read_state_dict(path, trust_pickle)
     report = LoadReport()
     backbone, meta = {}, {}
     for key, value in state.items():
-        key = _strip_prefixes(key)
+        key = strip_prefixes(key, STRIPPED_PREFIXES)
         if key.startswith(META_LOSS_PREFIX):
             meta[key[len(META_LOSS_PREFIX) :]] = value
         elif key in DROPPED_BUFFERS:
@@ -126,45 +109,8 @@ def load_allinone_checkpoint(
         meta_loss.load_state_dict(meta)
         report.loaded.extend(META_LOSS_PREFIX + k for k in meta)
 
-    if report.missing:
-        logger.warning("%s: model keys missing from the checkpoint: %s", path, report.missing)
-    if report.unexpected:
-        logger.warning("%s: checkpoint keys the model lacks: %s", path, report.unexpected)
-    for key, change in report.adapted.items():
-        logger.info("%s: %s %s", path, key, change)
+    report.log(path)
     return report
-
-
-def _read_state_dict(path: str | PathLike, trust_pickle: bool) -> dict[str, Tensor]:
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not trust_pickle:
-            reason = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
-            raise ValueError(
-                f"{path} holds Python objects besides tensors, so torch.load(weights_only=True) "
-                f"refused it ({reason[0] if reason else error}). If the file comes from a trusted "
-                "source, pass trust_pickle=True."
-            ) from error
-        logger.warning("%s: unpickling in full (trust_pickle=True)", path)
-        content = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
-        content = content["state_dict"]
-    if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
-        raise ValueError(
-            f"{path} is neither a state dict nor a Lightning checkpoint with a 'state_dict' entry"
-        )
-    return dict(content)
-
-
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in STRIPPED_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
-    return key
 
 
 def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor:
@@ -189,10 +135,7 @@ def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor
         fitted[:rows] = value
         report.adapted[key] = f"rows 0..{rows - 1} loaded, rows {rows}..{wanted - 1} kept"
         return fitted
-    raise ValueError(
-        f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model expects "
-        f"{tuple(current.shape)}"
-    )
+    raise shape_mismatch(key, value, current)
 
 
 def _match_meta_loss(

@@ -273,6 +273,11 @@ class AllInOne(nn.Module):
         nn.init.zeros_(self.transformer.temporal_embed)
         nn.init.zeros_(self.mlm_score.bias)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules FSDP shards one by one (and activation checkpointing recomputes): the
+        transformer blocks."""
+        return list(self.transformer.blocks)
+
     def forward(
         self,
         *,

@@ -1,10 +1,8 @@
 """Loss source for fine-tuning All-in-one on text-video retrieval with MELTR.
 
-In a data-parallel run (a torch.distributed process group with several ranks, each holding an
-equal slice of the global batch) the losses are computed so that their mean over ranks, and the
-mean of their gradients, equal the single-process losses of the global batch: ``itc`` contrasts
-the features gathered from all ranks, ``mlm`` divides by the mean masked-token count over ranks.
-``vtm`` draws its hard negatives within each rank's slice.
+Exact in a data-parallel run (see ``meltr.backbones.losses``): ``itc`` contrasts the features
+gathered from all ranks, ``mlm`` divides by the mean masked-token count over ranks. ``vtm`` draws
+its hard negatives within each rank's slice.
 """
 
 from __future__ import annotations
@@ -12,57 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meltr.backbones.losses import (
+    gather_across_ranks,
+    masked_token_loss,
+    require,
+    symmetric_contrastive_loss,
+)
+
 PRIMARY_TASK = "itc"
 AUXILIARY_TASKS = ("mlm", "vtm")
-IGNORE_INDEX = -100
-
-
-def symmetric_contrastive_loss(text_feat: Tensor, video_feat: Tensor, temperature: float) -> Tensor:
-    """Mean of the text->video and video->text cross-entropies over in-batch pairs.
-
-    ``text_feat`` and ``video_feat`` are L2-normalised ``[B, P]``; pair ``i`` is the positive.
-    """
-    logits = text_feat @ video_feat.T / temperature
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
-
-
-def _data_parallel() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_across_ranks(features: Tensor) -> Tensor:
-    """Every rank's ``features`` ``[b, ...]`` concatenated along dim 0 in rank order, with autograd
-    (the backward sums each rank's gradient for this rank's rows). Every rank computes the same
-    global loss from the result; summing here and averaging the gradients over ranks (FSDP/DDP)
-    then gives exactly the single-process gradient. Equal shapes on all ranks; identity without a
-    process group."""
-    if not _data_parallel():
-        return features
-    return torch.cat(dist_autograd.all_gather(features), dim=0)
-
-
-def masked_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy over positions whose label is not -100 (0 when there are none).
-
-    ``logits`` ``[B, L, V]``, ``labels`` int64 ``[B, L]``. In a data-parallel run the sum is
-    divided by the mean masked-token count over ranks, so the mean of this loss over ranks is the
-    token average over the global batch.
-    """
-    total = F.cross_entropy(
-        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    count = labels.ne(IGNORE_INDEX).sum().to(total.dtype)
-    if not _data_parallel():
-        return total / count.clamp(min=1)
-    global_count = count.clone()
-    dist.all_reduce(global_count)
-    return total / (global_count.clamp(min=1) / dist.get_world_size())
 
 
 def sample_hard_negatives(similarity: Tensor, temperature: float) -> Tensor:
@@ -109,7 +68,7 @@ class AllInOneRetrievalLoss:
         self.temperature = temperature
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        text_ids, text_mask, video = _require(batch, "text_ids", "text_mask", "video")
+        text_ids, text_mask, video = require(batch, "text_ids", "text_mask", "video")
         text_feat = model(mode="text", text_ids=text_ids, text_mask=text_mask)["text_feat"]
         video_feat = model(mode="video", video=video)["video_feat"]
         losses = {
@@ -126,7 +85,7 @@ class AllInOneRetrievalLoss:
         return losses
 
     def _mlm(self, model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
-        mlm_ids, mlm_labels, text_mask, video = _require(
+        mlm_ids, mlm_labels, text_mask, video = require(
             batch, "mlm_ids", "mlm_labels", "text_mask", "video"
         )
         out = model(mode="joint", text_ids=mlm_ids, text_mask=text_mask, video=video)
@@ -158,10 +117,3 @@ class AllInOneRetrievalLoss:
         )
         labels = torch.cat([torch.ones_like(own), torch.zeros_like(own), torch.zeros_like(own)])
         return F.cross_entropy(out["vtm_logits"], labels)
-
-
-def _require(batch: Mapping[str, Tensor], *keys: str) -> list[Tensor]:
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise KeyError(f"batch lacks key(s) {missing}; it has {sorted(batch)}")
-    return [batch[k] for k in keys]

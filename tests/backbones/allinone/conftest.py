@@ -4,7 +4,7 @@ import pytest
 import torch
 from allinone_tiny import TINY
 
-from meltr.models import AllInOne
+from meltr.backbones.allinone import AllInOne
 
 
 @pytest.fixture

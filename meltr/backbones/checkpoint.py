@@ -1,0 +1,130 @@
+"""What every official-checkpoint loader shares: reading a file safely and reporting the load.
+
+A backbone's loader has the signature
+
+    load(model, path, *, meta_loss=None, trust_pickle=False) -> LoadReport
+
+and copies the file's weights into ``model`` (and, where the file holds a MELTR meta network and
+``meta_loss`` is given, into ``meta_loss``), reporting every key it loaded, could not place,
+adapted or ignored. ``tools/inspect_checkpoint.py`` prints that report as JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint loader did, by (model-side) key.
+
+    ``loaded``: keys copied into the model (or, prefixed ``aux_model.``, into the meta loss);
+    ``missing``: model keys the checkpoint lacks (left as they were); ``unexpected``: checkpoint
+    keys the model lacks (skipped); ``adapted``: key -> what was changed to make it fit;
+    ``ignored``: checkpoint keys deliberately not used (e.g. a meta network nobody asked for).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """``"12 loaded, 2 missing, ..."``."""
+        return ", ".join(f"{len(getattr(self, name))} {name}" for name in self.__dataclass_fields__)
+
+    def log(self, path: str | PathLike) -> None:
+        """Warn about missing and unexpected keys, note the adaptations."""
+        if self.missing:
+            logger.warning("%s: model keys missing from the checkpoint: %s", path, self.missing)
+        if self.unexpected:
+            logger.warning("%s: checkpoint keys the model lacks: %s", path, self.unexpected)
+        for key, change in self.adapted.items():
+            logger.info("%s: %s %s", path, key, change)
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and the reason."""
+
+
+def read_file(path: str | PathLike, trust_pickle: bool) -> object:
+    """``torch.load`` of ``path`` on the CPU, with ``weights_only=True`` unless ``trust_pickle``.
+
+    A file that holds Python objects besides tensors is refused (CheckpointReadError naming the
+    blocking global) unless ``trust_pickle=True``, which unpickles it in full: only for trusted
+    files. An empty, truncated or otherwise unreadable file raises CheckpointReadError naming it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust_pickle:
+            reason = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+            raise CheckpointReadError(
+                f"{path} holds Python objects besides tensors, so torch.load(weights_only=True) "
+                f"refused it ({reason[0] if reason else error}). If the file comes from a trusted "
+                "source, set train.trust_checkpoint_pickle = True (trust_pickle=True)."
+            ) from error
+        logger.warning("%s: unpickling in full (trust_pickle=True)", path)
+    except (EOFError, RuntimeError, OSError) as error:
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as error:
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, EOFError):
+        return "the file is empty or truncated"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def read_state_dict(
+    path: str | PathLike, trust_pickle: bool, containers: Iterable[str] = ("state_dict",)
+) -> dict[str, Tensor]:
+    """The tensors of a checkpoint: a plain state dict, or the one under the first of
+    ``containers`` the file has (Lightning's ``"state_dict"``, ...). CheckpointReadError naming the
+    file when it is neither."""
+    content = read_file(path, trust_pickle)
+    if isinstance(content, Mapping):
+        for name in containers:
+            if isinstance(content.get(name), Mapping):
+                content = content[name]
+                break
+    if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
+        raise CheckpointReadError(
+            f"{path} is neither a state dict nor a checkpoint with a "
+            + " or ".join(repr(name) for name in containers)
+            + " entry"
+        )
+    return dict(content)
+
+
+def strip_prefixes(key: str, prefixes: Iterable[str]) -> str:
+    """``key`` without any leading run of ``prefixes`` (``module.model.x`` -> ``x``)."""
+    prefixes = tuple(prefixes)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def shape_mismatch(key: str, value: Tensor, current: Tensor) -> ValueError:
+    """The error for a checkpoint tensor that no adaptation fits, naming key and both shapes."""
+    return ValueError(
+        f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model expects "
+        f"{tuple(current.shape)}"
+    )

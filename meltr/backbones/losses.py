@@ -1,0 +1,69 @@
+"""Loss helpers shared by the backbones' loss sources, exact under data parallelism.
+
+In a data-parallel run (a torch.distributed process group with several ranks, each holding an
+equal slice of the global batch) the helpers are written so that the mean of a loss over ranks,
+and the mean of its gradients, equal the single-process loss of the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def symmetric_contrastive_loss(text_feat: Tensor, video_feat: Tensor, temperature: float) -> Tensor:
+    """Mean of the text->video and video->text cross-entropies over in-batch pairs.
+
+    ``text_feat`` and ``video_feat`` are L2-normalised ``[B, P]``; pair ``i`` is the positive.
+    """
+    logits = text_feat @ video_feat.T / temperature
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def _data_parallel() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_across_ranks(features: Tensor) -> Tensor:
+    """Every rank's ``features`` ``[b, ...]`` concatenated along dim 0 in rank order, with autograd
+    (the backward sums each rank's gradient for this rank's rows). Every rank computes the same
+    global loss from the result; summing here and averaging the gradients over ranks (FSDP/DDP)
+    then gives exactly the single-process gradient. Equal shapes on all ranks; identity without a
+    process group."""
+    if not _data_parallel():
+        return features
+    return torch.cat(dist_autograd.all_gather(features), dim=0)
+
+
+def masked_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over positions whose label is not -100 (0 when there are none).
+
+    ``logits`` ``[B, L, V]``, ``labels`` int64 ``[B, L]``. In a data-parallel run the sum is
+    divided by the mean masked-token count over ranks, so the mean of this loss over ranks is the
+    token average over the global batch.
+    """
+    total = F.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = labels.ne(IGNORE_INDEX).sum().to(total.dtype)
+    if not _data_parallel():
+        return total / count.clamp(min=1)
+    global_count = count.clone()
+    dist.all_reduce(global_count)
+    return total / (global_count.clamp(min=1) / dist.get_world_size())
+
+
+def require(batch: Mapping[str, Tensor], *keys: str) -> list[Tensor]:
+    """``batch[key]`` for each key, or KeyError naming the missing keys and the present ones."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks key(s) {missing}; it has {sorted(batch)}")
+    return [batch[k] for k in keys]
