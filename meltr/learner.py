@@ -69,20 +69,26 @@ def _is_number(value: object) -> bool:
 def _first_nonfinite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | None:
     """The name of the first tensor with a non-finite entry (None entries are skipped).
 
-    Decided on the max-norm, which overflows for no finite value; for sharded (DTensor)
-    tensors the norm is global, so every rank reaches the same decision.
+    Sharded tensors (DTensor) are checked through their local shards and the verdict is agreed
+    over the process group, so every rank makes the same decision (a collective when one runs).
     """
     named = [(name, t.detach()) for name, t in named if t is not None]
-    if not named or _finite_max_norm([t for _, t in named]):
+    if not named or _all_finite([t for _, t in named]):
         return None
-    return next(name for name, t in named if not _finite_max_norm([t]))
+    return next(name for name, t in named if not _all_finite([t]))
 
 
-def _finite_max_norm(tensors: list[torch.Tensor]) -> bool:
-    norm = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
-    if hasattr(norm, "full_tensor"):  # a DTensor
-        norm = norm.full_tensor()
-    return bool(torch.isfinite(norm))
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    local = [t for t in local if t.numel()]
+    # The max-norm overflows for no finite value (unlike the 2-norm).
+    norms = torch._foreach_norm(local, math.inf) if local else []
+    device = local[0].device if local else torch.device("cpu")
+    bad = torch.stack([~torch.isfinite(n) for n in norms]).any().float() if norms else None
+    bad = torch.zeros((), device=device) if bad is None else bad
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return not bool(bad)
 
 
 @dataclass
