@@ -5,6 +5,7 @@ One module-scoped call of caption_scores and one direct pycocoevalcap run: each 
 """
 
 import math
+import sys
 from collections import Counter
 from functools import cache
 
@@ -183,3 +184,10 @@ def test_bad_references_are_rejected(references, message):
 def test_a_prediction_that_is_not_a_string_is_rejected():
     with pytest.raises(ValueError, match=r"not a string for ids \['v1'\] \(e.g. list\)"):
         caption_scores({"v1": ["a cat"]}, {"v1": ["a cat"]})
+
+
+def test_without_pycocoevalcap_says_what_to_install(monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("pycocoevalcap")] + ["pycocoevalcap"]:
+        monkeypatch.setitem(sys.modules, name, None)  # a None entry makes the import fail
+    with pytest.raises(ImportError, match="caption_scores needs pycocoevalcap"):
+        caption_scores({"a": "a cat"}, {"a": ["a cat sits"]})
