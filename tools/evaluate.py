@@ -1,4 +1,4 @@
-"""Retrieval metrics of a checkpoint on a recipe's test shards (see docs/training.md).
+"""A recipe's task metrics of a checkpoint on one split of its data (see docs/training.md).
 
 python tools/evaluate.py --gin gin/quickstart.gin --checkpoint runs/x/checkpoints/best.pt
 """

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from meltr.train.sharded_checkpoint import REPLICATED, latest_checkpoint
+from meltr.train.sharded import REPLICATED, latest_sharded
 
 
 def export_checkpoint(checkpoint: Path, output: Path, with_learner: bool = False) -> Path:
     """Write the model weights of ``checkpoint`` (a ``step-*`` directory, or a checkpoints
     directory whose latest checkpoint is taken) to ``output``; returns the checkpoint used."""
-    resolved = checkpoint if (checkpoint / "model").is_dir() else latest_checkpoint(checkpoint)
+    resolved = checkpoint if (checkpoint / "model").is_dir() else latest_sharded(checkpoint)
     if resolved is None or not (resolved / "model").is_dir():
         raise FileNotFoundError(f"{checkpoint}: neither a checkpoint nor a directory holding one")
     with tempfile.TemporaryDirectory() as scratch:

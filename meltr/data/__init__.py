@@ -1,20 +1,32 @@
-"""Reading (and writing) WebDataset video shards: decoding, frame sampling, transforms,
-tokenization, MLM masking and the train / eval DataLoaders."""
+"""Data: the generic WebDataset stream, one decoder per sample kind, video decoding, transforms,
+tokenization and masking, the shard writer, converters' library code and the built-in datasets."""
 
-from meltr.data.pipeline import eval_loader, train_loader
-from meltr.data.samples import CorruptSampleError
-from meltr.data.text import WordPieceTokenizer, mask_tokens
-from meltr.data.transforms import video_transform
-from meltr.data.video import VideoDecodeError, read_clip, sample_frame_indices
+from meltr.data.decoders import (
+    CorruptSampleError,
+    FeatureText,
+    ImageLabel,
+    VideoCaptions,
+    VideoLabel,
+    VideoQA,
+    collate,
+)
+from meltr.data.stream import NoUsableSamplesError, eval_loader, train_loader
+from meltr.data.text import MaskTokens, WordPieceTokenizer, mask_tokens
+from meltr.data.writer import write_shards
 
 __all__ = [
     "CorruptSampleError",
-    "VideoDecodeError",
+    "FeatureText",
+    "ImageLabel",
+    "MaskTokens",
+    "NoUsableSamplesError",
+    "VideoCaptions",
+    "VideoLabel",
+    "VideoQA",
     "WordPieceTokenizer",
+    "collate",
     "eval_loader",
     "mask_tokens",
-    "read_clip",
-    "sample_frame_indices",
     "train_loader",
-    "video_transform",
+    "write_shards",
 ]

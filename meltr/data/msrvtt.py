@@ -29,6 +29,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meltr.data.decoders import VideoCaptions
 from meltr.data.writer import Sample, write_shards
 
 TRAIN_LISTS = {"9k": "train_list_9k.txt", "7k": "train_list_7k.txt"}
@@ -125,9 +126,15 @@ def convert_msrvtt(
     plan = plan_msrvtt(root, split)
     if plan.missing and not skip_missing:
         raise MissingVideosError(plan.missing)
+
+    def write(split: str, videos: list[MsrvttVideo]) -> list:
+        return write_shards(
+            videos, materialise_video, out_dir, split, VideoCaptions, samples_per_shard
+        )
+
     return {
-        "train": write_shards(plan.train, materialise_video, out_dir, "train", samples_per_shard),
-        "test": write_shards(plan.test, materialise_video, out_dir, "test", samples_per_shard),
+        "train": write("train", plan.train),
+        "test": write("test", plan.test),
         "skipped": plan.missing,
         "test_caption_source": plan.test_caption_source,
     }

@@ -25,6 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from meltr.data.decoders import VideoCaptions
 from meltr.data.writer import Sample, shard_path, write_shards
 
 # colour name -> (RGB rendered, words used in captions). Pairwise far apart in RGB so that video
@@ -75,7 +76,8 @@ TEMPLATES = (
 )
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CODECS = ("mpeg4", "libx264")
-SPLIT_CODES = {"train": 0, "test": 1}
+SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
+SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT = "meltr-synthetic-v1"
 WORD_PATTERN = re.compile(r"[a-z]+|[.,]")
 
@@ -277,6 +279,7 @@ def generate_synthetic_dataset(
     out_dir: str | os.PathLike,
     num_train: int = 2048,
     num_test: int = 256,
+    num_val: int = 0,
     num_frames: int = 8,
     size: int = 64,
     fps: int = 8,
@@ -301,6 +304,7 @@ def generate_synthetic_dataset(
     arguments = {
         "num_train": num_train,
         "num_test": num_test,
+        "num_val": num_val,
         "num_frames": num_frames,
         "size": size,
         "fps": fps,
@@ -325,19 +329,28 @@ def generate_synthetic_dataset(
     shards = {}
     for split, count, num_captions in (
         ("train", num_train, captions_per_train_video),
+        ("val", num_val, 1),
         ("test", num_test, 1),
     ):
+        if split == "val" and not count:
+            continue
         common = dict(num_frames=num_frames, size=size, fps=fps, codec=codec, seed=seed)
         descriptions = [
             ClipDescription(f"synth-{split}-{i:06d}", split, i, num_captions=num_captions, **common)
             for i in range(count)
         ]
         shards[split] = write_shards(
-            descriptions, materialise_clip, out_dir, split, samples_per_shard, workers
+            descriptions,
+            materialise_clip,
+            out_dir,
+            split,
+            VideoCaptions,
+            samples_per_shard,
+            workers,
         )
     (out_dir / "vocab.txt").write_text("\n".join(build_vocab()) + "\n")
     _write_manifest(out_dir, arguments, complete=True)
-    return _paths(out_dir, len(shards["train"]), len(shards["test"]))
+    return _paths(out_dir, {split: len(paths) for split, paths in shards.items()})
 
 
 def ensure_synthetic_dataset(cache_dir: str | os.PathLike, **kwargs) -> dict:
@@ -352,10 +365,8 @@ def ensure_synthetic_dataset(cache_dir: str | os.PathLike, **kwargs) -> dict:
     manifest = _read_manifest(cache_dir)
     if manifest is not None and manifest.get("arguments") == _bound_arguments(kwargs):
         if manifest.get("complete"):
-            paths = _paths(
-                cache_dir, manifest["num_shards"]["train"], manifest["num_shards"]["test"]
-            )
-            listed = [paths["vocab"], *paths["train"], *paths["test"]]
+            paths = _paths(cache_dir, manifest["num_shards"])
+            listed = [paths["vocab"], *(path for split in SPLITS for path in paths[split])]
             if all(Path(path).is_file() for path in listed):
                 return paths
         return generate()
@@ -376,7 +387,7 @@ def _bound_arguments(kwargs: dict) -> dict:
 
 
 def _check_arguments(arguments: dict) -> None:
-    minimum = {"num_train": 0, "num_test": 0, "num_frames": 2, "size": 16, "fps": 1}
+    minimum = {"num_train": 0, "num_test": 0, "num_val": 0, "num_frames": 2, "size": 16, "fps": 1}
     minimum |= {"captions_per_train_video": 1, "samples_per_shard": 1}
     for name, low in minimum.items():
         value = arguments[name]
@@ -392,7 +403,9 @@ def _dataset_files(directory: Path) -> list[Path]:
     """Files a generation writes into ``directory`` (shards, partial shards, vocab)."""
     if not directory.is_dir():
         return []
-    patterns = ("train-*.tar", "test-*.tar", ".train-*.tar.partial", ".test-*.tar.partial")
+    patterns = [
+        pattern for split in SPLITS for pattern in (f"{split}-*.tar", f".{split}-*.partial")
+    ]
     found = [path for pattern in patterns for path in directory.glob(pattern)]
     vocab = directory / "vocab.txt"
     return found + ([vocab] if vocab.exists() else [])
@@ -417,19 +430,43 @@ def _write_manifest(directory: Path, arguments: dict, complete: bool) -> None:
         "format": MANIFEST_FORMAT,
         "complete": complete,
         "arguments": arguments,
-        "num_shards": {
-            "train": -(-arguments["num_train"] // per_shard),
-            "test": -(-arguments["num_test"] // per_shard),
-        },
+        "num_shards": {split: -(-arguments[f"num_{split}"] // per_shard) for split in SPLITS},
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def _paths(directory: Path, num_train_shards: int, num_test_shards: int) -> dict:
+def _paths(directory: Path, num_shards: dict[str, int]) -> dict:
+    """The dataset's paths; ``num_shards`` by split (a split absent or of 0 shards: ``[]``)."""
     return {
         "root": str(directory),
-        "train": [str(shard_path(directory, "train", i)) for i in range(num_train_shards)],
-        "test": [str(shard_path(directory, "test", i)) for i in range(num_test_shards)],
+        **{
+            split: [str(shard_path(directory, split, i)) for i in range(num_shards.get(split, 0))]
+            for split in SPLITS
+        },
         "vocab": str(directory / "vocab.txt"),
         "manifest": str(directory / "manifest.json"),
     }
+
+
+def cache_root() -> Path:
+    """Where the built-in datasets are generated: ``$MELTR_CACHE`` (default ``~/.cache/meltr``)."""
+    return Path(os.environ.get("MELTR_CACHE", Path.home() / ".cache" / "meltr"))
+
+
+def cached_synthetic_dataset(
+    num_train: int = 512,
+    num_test: int = 128,
+    num_val: int = 64,
+    num_frames: int = 4,
+    size: int = 32,
+    seed: int = 0,
+    workers: int = 2,
+) -> dict:
+    """The synthetic video dataset with these arguments, generated into ``cache_root() /
+    synthetic-<arguments>`` if absent. Returns ``ensure_synthetic_dataset``'s paths."""
+    arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test)
+    arguments |= dict(num_frames=num_frames, size=size, seed=seed)
+    suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
+    return ensure_synthetic_dataset(
+        cache_root() / f"synthetic-{suffix}", workers=workers, **arguments
+    )

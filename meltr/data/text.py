@@ -123,3 +123,26 @@ def mask_tokens(
     masked = torch.where(to_random, random_ids, masked)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     return masked, labels
+
+
+class MaskTokens:
+    """Training transform (docs/ARCHITECTURE.md, "Transforms"): BERT masked-language-model masking
+    of ``item[source]`` by :func:`mask_tokens`, adding ``mlm_ids`` and ``mlm_labels`` (``[L]``,
+    labels -100 where not selected). Draws from the sample's generator; returns a new dict."""
+
+    def __init__(
+        self,
+        tokenizer: MaskingVocab,
+        probability: float = 0.15,
+        source: str = "text_ids",
+        attention_mask: str = "text_mask",
+    ) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability}")
+        self.tokenizer, self.probability = tokenizer, probability
+        self.source, self.attention_mask = source, attention_mask
+
+    def __call__(self, item: dict, generator: torch.Generator) -> dict:
+        ids, attention = item[self.source], item[self.attention_mask]
+        masked, labels = mask_tokens(ids, attention, self.tokenizer, generator, self.probability)
+        return item | {"mlm_ids": masked, "mlm_labels": labels}

@@ -1,8 +1,10 @@
-"""Write WebDataset video shards, resumably.
+"""Write WebDataset shards of any sample kind, resumably.
 
-A shard is ``{split}-{i:06d}.tar`` holding, per sample, ``<key>.mp4`` (the video bytes) and
-``<key>.json`` (``{"video_id": str, "captions": [str, ...], "split": split}``), the format fixed in
-docs/ARCHITECTURE.md.
+A shard is ``{split}-{i:06d}.tar`` holding, per sample, the members of its kind
+(docs/ARCHITECTURE.md, "Shards"): ``<key>.json`` (the record, with ``"split"``) and the kind's
+data members (``mp4``, ``features.npy``, ``image.npy``), plus optional extra ``<name>.npy``
+arrays. The kind is a decoder class of ``meltr.data.decoders``; its ``members`` and
+``check_record`` decide what is valid, so what is written can be read.
 
 Resumability rests on one rule: shard ``i`` holds descriptions ``[i * n, (i + 1) * n)`` of the
 ordered list the caller passes. A shard is written under a temporary name and renamed when complete,
@@ -12,27 +14,32 @@ hold the expected keys) without materialising their samples.
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, TypedDict
+from typing import Any, Protocol
 
+import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-SAMPLE_FIELDS = ("__key__", "mp4", "json")
-MEMBER_EXTENSIONS = ("json", "mp4")  # TarWriter writes a sample's members in sorted order
+from meltr.data.decoders import CorruptSampleError
+
+# ``{"__key__": str, "json": dict, <member>: bytes | numpy array, ...}``
+Sample = dict[str, Any]
 
 
-class Sample(TypedDict):
-    """One shard sample: ``json`` holds ``video_id``, ``captions`` and ``split``."""
+class Kind(Protocol):
+    """A sample kind: a decoder class of ``meltr.data.decoders``."""
 
-    __key__: str
-    mp4: bytes
-    json: dict
+    members: tuple[str, ...]
+
+    @staticmethod
+    def check_record(record: dict) -> None: ...
 
 
 class Description(Protocol):
@@ -52,6 +59,7 @@ def write_shards(
     materialise: Callable[[Description], Sample],
     out_dir: str | os.PathLike,
     split: str,
+    kind: Kind,
     samples_per_shard: int = 256,
     workers: int = 1,
 ) -> list[Path]:
@@ -60,11 +68,14 @@ def write_shards(
     Args:
         descriptions: ordered sample recipes; each needs a ``key`` attribute (no ``.`` or ``/``,
             unique). Shard ``i`` holds ``descriptions[i * samples_per_shard:(i + 1) * ...]``.
-        materialise: ``description -> Sample``; called only for shards not yet on disk. Must be
-            picklable (a module-level function or a ``functools.partial`` of one) when
-            ``workers > 1``.
+        materialise: ``description -> Sample``: ``{"__key__": key, "json": record, <member>:
+            bytes or numpy array}`` (arrays are written as ``.npy``); called only for shards not
+            yet on disk. Must be picklable (a module-level function or a ``functools.partial`` of
+            one) when ``workers > 1``.
         out_dir: created if needed.
-        split: ``"train"`` or ``"test"``; every sample's ``json["split"]`` must equal it.
+        split: ``"train"``, ``"val"`` or ``"test"``; every sample's ``json["split"]`` must equal it.
+        kind: the sample kind (a decoder class such as ``VideoCaptions``); every sample must have
+            its members and pass its ``check_record``.
         samples_per_shard: samples per shard (the last shard may hold fewer).
         workers: processes materialising and writing shards in parallel (1 = in this process).
 
@@ -93,7 +104,7 @@ def write_shards(
         if path.exists():
             _check_existing_shard(path, [d.key for d in chunk])
         else:
-            pending.append((path, chunk, materialise, split))
+            pending.append((path, chunk, materialise, split, kind))
 
     done = len(descriptions) - sum(len(job[1]) for job in pending)
     with tqdm(total=len(descriptions), initial=done, desc=f"{split} shards", unit="clip") as bar:
@@ -123,6 +134,7 @@ def _write_shard(
     chunk: Sequence[Description],
     materialise: Callable[[Description], Sample],
     split: str,
+    kind: Kind,
 ) -> int:
     """Materialise ``chunk`` into ``path`` via a temporary file renamed on success."""
     temporary = path.with_name(f".{path.name}.partial")
@@ -130,18 +142,25 @@ def _write_shard(
         with wds.TarWriter(str(temporary), encoder=False, mtime=0.0) as writer:
             for description in chunk:
                 sample = materialise(description)
-                _check_sample(sample, description.key, split)
-                writer.write(
-                    {
-                        "__key__": sample["__key__"],
-                        "mp4": bytes(sample["mp4"]),
-                        "json": json.dumps(sample["json"], sort_keys=True).encode("utf-8"),
-                    }
-                )
+                _check_sample(sample, description.key, split, kind)
+                writer.write({name: _encode(name, value) for name, value in sample.items()})
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return len(chunk)
+
+
+def _encode(name: str, value: Any) -> Any:
+    """A member's bytes: JSON for the record, ``.npy`` for arrays, bytes as they are."""
+    if name == "__key__":
+        return value
+    if name == "json":
+        return json.dumps(value, sort_keys=True).encode("utf-8")
+    if isinstance(value, np.ndarray):
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        return buffer.getvalue()
+    return bytes(value)
 
 
 def _check_keys(keys: list[str]) -> None:
@@ -154,44 +173,47 @@ def _check_keys(keys: list[str]) -> None:
         seen.add(key)
 
 
-def _check_sample(sample: Sample, expected_key: str, split: str) -> None:
-    """Raise ValueError naming the key and field if ``sample`` breaks the shard contract."""
-    if not isinstance(sample, dict) or set(sample) != set(SAMPLE_FIELDS):
-        fields = sorted(sample) if isinstance(sample, dict) else type(sample).__name__
-        raise ValueError(f"sample {expected_key!r}: expected fields {SAMPLE_FIELDS}, got {fields}")
-    if sample["__key__"] != expected_key:
-        raise ValueError(
-            f"sample {expected_key!r}: materialised with __key__ {sample['__key__']!r}"
-        )
-    if not isinstance(sample["mp4"], (bytes, bytearray, memoryview)) or len(sample["mp4"]) == 0:
-        raise ValueError(f"sample {expected_key!r}: 'mp4' must be non-empty bytes")
-    meta = sample["json"]
-    if not isinstance(meta, dict):
+def _check_sample(sample: Sample, expected_key: str, split: str, kind: Kind) -> None:
+    """Raise ValueError naming the key and member if ``sample`` breaks ``kind``'s contract."""
+    if not isinstance(sample, dict) or sample.get("__key__") != expected_key:
+        found = sample.get("__key__") if isinstance(sample, dict) else type(sample).__name__
+        raise ValueError(f"sample {expected_key!r}: materialised as {found!r}")
+    missing = [member for member in kind.members if member not in sample]
+    if missing:
+        raise ValueError(f"sample {expected_key!r}: missing member(s) {missing} of its kind")
+    for name, value in sample.items():
+        if name in ("__key__", "json"):
+            continue
+        if name.endswith(".npy") != isinstance(value, np.ndarray):
+            raise ValueError(
+                f"sample {expected_key!r}: member {name!r} must be "
+                + ("a numpy array" if name.endswith(".npy") else "bytes")
+            )
+        if not isinstance(value, np.ndarray) and (
+            not isinstance(value, bytes | bytearray | memoryview) or len(value) == 0
+        ):
+            raise ValueError(f"sample {expected_key!r}: member {name!r} must be non-empty bytes")
+    record = sample["json"]
+    if not isinstance(record, dict):
         raise ValueError(f"sample {expected_key!r}: 'json' must be a dict")
-    if not isinstance(meta.get("video_id"), str):
-        raise ValueError(f"sample {expected_key!r}: json 'video_id' must be a str")
-    captions = meta.get("captions")
-    if (
-        not isinstance(captions, list)
-        or not captions
-        or not all(isinstance(c, str) and c.strip() for c in captions)
-    ):
-        raise ValueError(f"sample {expected_key!r}: json 'captions' must be non-empty strings")
-    if meta.get("split") != split:
+    try:
+        kind.check_record(record)
+    except CorruptSampleError as error:
+        raise ValueError(f"sample {expected_key!r}: {error}") from None
+    if record.get("split") != split:
         raise ValueError(
-            f"sample {expected_key!r}: json 'split' is {meta.get('split')!r}, expected {split!r}"
+            f"sample {expected_key!r}: json 'split' is {record.get('split')!r}, expected {split!r}"
         )
 
 
 def _check_existing_shard(path: Path, expected_keys: list[str]) -> None:
-    """Raise ValueError unless ``path`` holds exactly ``expected_keys`` (mp4 + json each)."""
+    """Raise ValueError unless ``path`` holds the samples ``expected_keys``, in order."""
     try:
         with tarfile.open(path) as tar:
             names = tar.getnames()
     except (tarfile.TarError, OSError) as error:
         raise ValueError(f"existing shard {path} is unreadable ({error}); delete it") from error
-    expected = [f"{key}.{ext}" for key in expected_keys for ext in MEMBER_EXTENSIONS]
-    if names != expected:
+    if list(dict.fromkeys(name.split(".", 1)[0] for name in names)) != expected_keys:
         raise ValueError(
             f"existing shard {path} holds other samples than expected (first expected key "
             f"{expected_keys[0]!r}); it was written from different inputs: delete it or use "

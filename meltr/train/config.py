@@ -10,8 +10,11 @@ Three sources of configuration, applied in this order (later wins):
 from __future__ import annotations
 
 import ast
+import difflib
 import re
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import gin
@@ -132,3 +135,133 @@ class _KeepReferences(config_parser.ParserDelegate):
 
     def macro(self, name: str) -> str:
         return f"%{name}"
+
+
+# ---------------------------------------------------------------- were the bindings used?
+
+MACRO = "gin.macro"
+
+
+@dataclass(frozen=True)
+class _Binding:
+    """One parsed binding: ``scope/selector.arg`` (``arg`` empty for a macro ``NAME``)."""
+
+    scope: str
+    selector: str
+    arg: str
+
+    @property
+    def is_macro(self) -> bool:
+        return not self.arg
+
+    def __str__(self) -> str:
+        prefix = f"{self.scope}/" if self.scope else ""
+        return prefix + self.selector + (f".{self.arg}" if self.arg else "")
+
+
+def _parse_binding(text: str) -> _Binding | None:
+    parser = config_parser.ConfigParser(text, _KeepReferences())
+    for statement in parser:
+        if isinstance(statement, config_parser.BindingStatement):
+            return _Binding(statement.scope or "", statement.selector, statement.arg_name or "")
+    return None
+
+
+def _walk_macros(value: object) -> set[str]:
+    """Names of the macros a bound value references (``%NAME``, at any depth)."""
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.configurable.selector == MACRO:
+            return {value.scoped_selector.rsplit("/", 1)[0]}
+        return set()
+    if isinstance(value, dict):
+        return set().union(*(_walk_macros(v) for v in value.values()))
+    if isinstance(value, list | tuple | set):
+        return set().union(*(_walk_macros(v) for v in value))
+    return set()
+
+
+def _referenced_macros() -> set[str]:
+    return set().union(*(_walk_macros(b) for b in gin.config._CONFIG.values()))
+
+
+def _scope_applies(binding_scope: str, call_scope: str) -> bool:
+    return not binding_scope or binding_scope in call_scope.split("/")
+
+
+def _full_selector(selector: str) -> str | None:
+    match = gin.config._REGISTRY.get_match(selector)
+    return None if match is None else match.selector
+
+
+def _is_used(binding: _Binding) -> bool:
+    """Whether the run called the binding's configurable in a scope the binding applies to."""
+    full = _full_selector(binding.selector)
+    return any(
+        selector == full and binding.arg in arguments and _scope_applies(binding.scope, scope)
+        for (scope, selector), arguments in gin.config._OPERATIVE_CONFIG.items()
+    )
+
+
+def _used_names() -> list[str]:
+    names = []
+    for (scope, selector), arguments in gin.config._OPERATIVE_CONFIG.items():
+        if selector == MACRO:
+            continue
+        short = selector.rsplit(".", 1)[-1]
+        names += [f"{scope + '/' if scope else ''}{short}.{arg}" for arg in arguments]
+    return names
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def check_command_line_bindings(bindings: Sequence[str]) -> None:
+    """ConfigError naming the first command-line binding the run did not use, with the closest
+    known name: a macro no gin file references, or a binding of a configurable the run never
+    called in that scope (a mistyped scope such as ``backbon/AdamW.lr``). Call once everything
+    has been built. A macro defined anywhere and referenced nowhere is an error too."""
+    referenced = _referenced_macros()
+    defined = {scope for scope, selector in gin.config._CONFIG if selector == MACRO}
+    for text in bindings:
+        binding = _parse_binding(text)
+        if binding is None:
+            continue
+        if binding.is_macro:
+            if binding.selector not in referenced:
+                raise ConfigError(
+                    f"macro {binding.selector} (set by {text!r}) is referenced by no gin file"
+                    + _closest(binding.selector, sorted(referenced))
+                )
+        elif not _is_used(binding):
+            raise ConfigError(
+                f"binding {text!r} is not used by this run: no {binding} is called"
+                + _closest(str(binding), _used_names())
+            )
+    unreferenced = sorted(defined - referenced)
+    if unreferenced:
+        raise ConfigError(
+            f"macro(s) {', '.join(unreferenced)} are set but referenced by no gin file"
+            + _closest(unreferenced[0], sorted(referenced))
+        )
+
+
+def warn_unused_file_bindings() -> list[str]:
+    """Warn once about bindings (from any source) that the run did not use, e.g. options of a
+    component a baseline swapped out; returns them."""
+    unused = []
+    for (scope, selector), arguments in gin.config._CONFIG.items():
+        if selector == MACRO:
+            continue
+        for arg in arguments:
+            binding = _Binding(scope, selector.rsplit(".", 1)[-1], arg)
+            if not _is_used(_Binding(scope, selector, arg)):
+                unused.append(str(binding))
+    if unused:
+        warnings.warn(
+            "gin bindings not used by this run (their components are not built): "
+            + ", ".join(sorted(unused)),
+            stacklevel=2,
+        )
+    return unused

@@ -1,58 +1,110 @@
-"""Every gin registration of the project, in one place (the core modules stay gin-free).
+"""Every generic gin registration, plus the discovery of the backbones' and tasks' own.
 
-Names as recipes write them: ``MetaLearner``, ``MetaLossTransformer``, ``LinearMetaLoss``, the
-solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``Unrolled``, the optimizers
-``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``),
-``warmup_linear_schedule``, ``AllInOne``, ``AllInOneRetrievalLoss``, ``WordPieceTokenizer``,
-``train_loader``, ``eval_loader``, ``synthetic_dataset`` / ``synthetic_data_dir`` /
-``synthetic_vocab`` and the entry point ``train``.
+Names as recipes write them: the run ``train`` (settings) and ``Recipe`` (components);
+``MetaLearner``, ``MetaLossTransformer``, ``LinearMetaLoss`` and the baseline combiners
+(``FixedWeights``, ``UncertaintyWeighting``, ``DynamicWeightAverage``, ``RandomLossWeighting``,
+``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``Unrolled``; the
+optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``); the schedules
+``warmup_linear_schedule`` and ``multistep_schedule``; ``Distributed``; the data side
+``WordPieceTokenizer``, ``MaskTokens``, the decoders ``VideoCaptions``, ``VideoQA``,
+``VideoLabel``, ``FeatureText``, ``ImageLabel``, the streams ``train_loader`` / ``eval_loader``
+and the built-in datasets ``synthetic_dataset`` / ``synthetic_data_dir`` / ``synthetic_vocab`` /
+``synthetic_images`` / ``synthetic_images_dir``. Every ``configurables`` module under
+``meltr.backbones`` and ``meltr.tasks`` is imported too, registering the backbones' and tasks'
+names.
 
-Arguments the training loop supplies itself (the model, the parameters an optimizer gets, the
-vocabulary size, the number of tasks, data positions) are denylisted, so binding one is an error
-at parse time instead of being silently overridden.
+Arguments the training system supplies itself (the model, the parameters an optimizer gets, the
+vocabulary size, the number of tasks, the tokenizer, data positions) are denylisted, so binding
+one is an error at parse time instead of being silently overridden.
 """
+
+import importlib
+import pkgutil
 
 import gin
 import torch
 
 import meltr
-from meltr import solvers
-from meltr.backbones.allinone import AllInOne, AllInOneRetrievalLoss
-from meltr.data import pipeline
-from meltr.data.text import WordPieceTokenizer
-from meltr.train import data_paths, schedule
-from meltr.train.loop import train
+import meltr.backbones
+import meltr.tasks
+from meltr import solvers, weighting
+from meltr.data import decoders, stream, synthetic, synthetic_images
+from meltr.data.text import MaskTokens, WordPieceTokenizer
+from meltr.train import schedule
+from meltr.train.recipe import Recipe, RunSettings
 
 LEARNER_SUPPLIED = ["model", "meta_loss", "loss_source", "optimizer", "meta_optimizer"]
 
+gin.external_configurable(RunSettings, "train", module="meltr.train")
+gin.external_configurable(Recipe, module="meltr.train")
+
 gin.external_configurable(meltr.MetaLearner, module="meltr", denylist=LEARNER_SUPPLIED)
-gin.external_configurable(meltr.MetaLossTransformer, module="meltr", denylist=["num_tasks"])
-gin.external_configurable(meltr.LinearMetaLoss, module="meltr", denylist=["num_tasks"])
+for meta_loss in (
+    meltr.MetaLossTransformer,
+    meltr.LinearMetaLoss,
+    weighting.FixedWeights,
+    weighting.UncertaintyWeighting,
+    weighting.DynamicWeightAverage,
+    weighting.RandomLossWeighting,
+    weighting.FAMO,
+):
+    gin.external_configurable(meta_loss, module="meltr", denylist=["num_tasks"])
 for solver in (solvers.Identity, solvers.Neumann, solvers.ConjugateGradient, solvers.Unrolled):
     gin.external_configurable(solver, module="meltr.solvers")
 
 for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
     gin.external_configurable(optimizer, module="torch.optim", denylist=["params"])
-gin.external_configurable(
-    schedule.warmup_linear_schedule, module="meltr.train", denylist=["optimizer", "total_steps"]
-)
-
-gin.external_configurable(AllInOne, module="meltr.backbones.allinone", denylist=["vocab_size"])
-gin.external_configurable(AllInOneRetrievalLoss, module="meltr.backbones.allinone")
+for lr_schedule in (schedule.warmup_linear_schedule, schedule.multistep_schedule):
+    gin.external_configurable(
+        lr_schedule, module="meltr.train", denylist=["optimizer", "total_steps"]
+    )
 
 gin.external_configurable(WordPieceTokenizer, module="meltr.data", denylist=["vocab_path"])
+gin.external_configurable(MaskTokens, module="meltr.data", denylist=["tokenizer"])
+for decoder in (decoders.VideoCaptions, decoders.VideoQA, decoders.FeatureText):
+    gin.external_configurable(decoder, module="meltr.data", denylist=["tokenizer"])
+for decoder in (decoders.VideoLabel, decoders.ImageLabel):
+    gin.external_configurable(decoder, module="meltr.data")
 gin.external_configurable(
-    pipeline.train_loader,
+    stream.train_loader,
     module="meltr.data",
-    denylist=["data_dir", "tokenizer", "batch_size", "seed", "start_batch"],
+    denylist=["data_dir", "decoder", "batch_size", "transforms", "seed", "start_batch"],
 )
 gin.external_configurable(
-    pipeline.eval_loader,
+    stream.eval_loader,
     module="meltr.data",
-    denylist=["data_dir", "tokenizer", "batch_size", "view"],
+    denylist=["data_dir", "decoder", "batch_size", "split", "view"],
 )
-gin.external_configurable(data_paths.synthetic_dataset, module="meltr.train")
-gin.external_configurable(data_paths.synthetic_data_dir, module="meltr.train")
-gin.external_configurable(data_paths.synthetic_vocab, module="meltr.train")
 
-__all__ = ["train"]
+synthetic_dataset = gin.external_configurable(
+    synthetic.cached_synthetic_dataset, "synthetic_dataset", module="meltr.data"
+)
+synthetic_images = gin.external_configurable(
+    synthetic_images.cached_synthetic_images, "synthetic_images", module="meltr.data"
+)
+
+
+# The built-in datasets as paths for the DATA_DIR / VOCAB macros. They call the gin-configured
+# generators above, so that ``synthetic_dataset.*`` and ``synthetic_images.*`` bindings apply.
+@gin.configurable(module="meltr.data")
+def synthetic_data_dir() -> str:
+    """The synthetic video dataset's shard directory (generated on first use)."""
+    return synthetic_dataset()["root"]
+
+
+@gin.configurable(module="meltr.data")
+def synthetic_vocab() -> str:
+    """The synthetic video dataset's ``vocab.txt``."""
+    return synthetic_dataset()["vocab"]
+
+
+@gin.configurable(module="meltr.data")
+def synthetic_images_dir() -> str:
+    """The synthetic image dataset's shard directory (generated on first use)."""
+    return synthetic_images()["root"]
+
+
+for package in (meltr.backbones, meltr.tasks):
+    for module in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+        if module.name.rsplit(".", 1)[-1] == "configurables":
+            importlib.import_module(module.name)

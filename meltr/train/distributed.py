@@ -8,7 +8,8 @@ Strategies (gin: ``Distributed.strategy``):
   (averaged). Built with FSDP2 on a (ranks x 1) HSDP mesh rather than ``DistributedDataParallel``:
   DDP's reducer expects exactly one backward per forward, while a MELTR step runs several
   forwards per backward (text, video, joint passes) and several backwards per step (meta step).
-- ``"fsdp"``: FSDP2 (``fully_shard``) on every transformer block and on the root; parameters,
+- ``"fsdp"``: FSDP2 (``fully_shard``) on every unit the model names (``fsdp_units()``) and on the
+  root; parameters,
   gradients and optimizer state are sharded over ranks; gradients are averaged.
 
 Why the meta-learning stays exact across ranks (see docs/distributed.md): every rank sees its slice
@@ -42,6 +43,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from meltr.tasks.common import is_distributed
 
 LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -211,45 +214,27 @@ def _local_rank_entry(
     exit_process(0)
 
 
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The outermost transformer blocks of ``model``, in registration order: instances of
-    ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` and modules whose class name
-    ends in ``Block``. Blocks inside a block
-    are not listed again."""
-    blocks: list[nn.Module] = []
-    inside: set[int] = set()
-    for module in model.modules():
-        if id(module) in inside:
-            continue
-        is_block = isinstance(
-            module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer
-        ) or type(module).__name__.endswith("Block")
-        if is_block and module is not model:
-            blocks.append(module)
-            inside.update(id(sub) for sub in module.modules())
-    return blocks
-
-
 def wrap_model(model: nn.Module, context: DistributedContext, config: Distributed) -> nn.Module:
-    """Move ``model`` to ``context.device`` and wrap it for ``config.strategy``, in place.
+    """Wrap ``model`` for ``config.strategy`` in place (moving it to ``context.device`` for
+    "ddp" / "fsdp"; a one-process model stays where it is).
 
-    Activation checkpointing replaces each block by a ``CheckpointWrapper`` (state-dict keys are
-    unchanged); "ddp"/"fsdp" turn every block and the root into FSDP2 units whose parameters are
-    ``DTensor``s (replicated or sharded). Returns ``model``; call it as before.
+    The units are the ones the model names (``model.fsdp_units()``: transformer layers, ResNet
+    stages, ...). Activation checkpointing replaces each unit by a ``CheckpointWrapper``
+    (state-dict keys are unchanged); "ddp"/"fsdp" turn every unit and the root into FSDP2 units
+    whose parameters are ``DTensor``s (replicated or sharded). Returns ``model``; call it as
+    before.
     """
     if config.strategy != context.strategy:
         raise ValueError(
             f"wrap_model: config.strategy={config.strategy!r} but the process group was started "
             f"for {context.strategy!r}"
         )
-    model.to(context.device)
-    blocks = transformer_blocks(model)
+    if config.strategy != "none":
+        model.to(context.device)
+    elif not config.activation_checkpointing:
+        return model
+    blocks = fsdp_units(model)
     if config.activation_checkpointing:
-        if not blocks:
-            raise ValueError(
-                f"Distributed.activation_checkpointing=True but {type(model).__name__} has no "
-                "transformer blocks (nn.TransformerEncoderLayer or a class named *Block)"
-            )
         block_ids = {id(block) for block in blocks}
         apply_activation_checkpointing(
             model,
@@ -276,6 +261,22 @@ def wrap_model(model: nn.Module, context: DistributedContext, config: Distribute
     # perturbations of the meta step).
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
     return model
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The model's own list of FSDP units (``model.fsdp_units()``); ValueError naming the model
+    when it has none or names a module that is not one of its submodules."""
+    units = getattr(model, "fsdp_units", None)
+    if not callable(units):
+        raise ValueError(f"{type(model).__name__} names no FSDP units (no fsdp_units() method)")
+    units = list(units())
+    own = {id(module) for module in model.modules()}
+    if not units or any(id(unit) not in own or unit is model for unit in units):
+        raise ValueError(
+            f"{type(model).__name__}.fsdp_units() must list submodules of the model (not the "
+            "model itself), at least one"
+        )
+    return units
 
 
 def _is_checkpoint_wrapper_of(module: nn.Module, block_ids: set[int]) -> bool:
@@ -312,21 +313,6 @@ def gathered_parameters(model: nn.Module) -> Iterator[None]:
         for unit in units:
             unit.reshard()
             unit.set_reshard_after_forward(True)  # wrap_model's setting for every unit
-
-
-def all_gather_objects(value: Any) -> list[Any]:
-    """Every rank's ``value`` (picklable; tensors should be on the CPU), in rank order. ``[value]``
-    without a process group."""
-    if not is_distributed():
-        return [value]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def is_distributed() -> bool:
-    """True when a process group with more than one rank is running."""
-    return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def global_mean_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

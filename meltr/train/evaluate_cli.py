@@ -1,95 +1,102 @@
-"""``tools/evaluate.py``: retrieval metrics of a checkpoint on a recipe's test shards.
+"""``tools/evaluate.py``: a recipe's task metrics of a checkpoint on one split of its data.
 
-    python tools/evaluate.py --gin gin/allinone_msrvtt.gin --checkpoint runs/x/best.pt \\
-      --gin_param "DATA_DIR='/data/msrvtt'" --gin_param "VOCAB='/data/vocab.txt'" --views 3
+    python tools/evaluate.py --gin gin/allinone_msrvtt.gin --views 3 \\
+      --checkpoint runs/x/checkpoints/best.pt \\
+      --gin_param "DATA_DIR='/data/msrvtt'" --gin_param "VOCAB='/data/vocab.txt'"
 
-The checkpoint is one of ours (``checkpoints/*.pt``) or an official All-in-one file (read with
-``load_allinone_checkpoint``). The model, tokenizer, test loader and paths are the recipe's
-``train.*`` bindings. With ``--views K`` the similarities of K random-frame passes are averaged
-(the All-in-one release's protocol); ``--views 1`` uses segment-centre frames. The metrics are
-printed and written to ``<checkpoint>.test-<K>views.json``. Exit code 2: configuration error.
+The checkpoint is one of ours (a ``checkpoints/*.pt`` file or a sharded ``step-*`` directory) or an
+official backbone file, read with the recipe's ``Recipe.checkpoint_loader`` under
+``train.trust_checkpoint_pickle``. The model, tokenizer, decoder, task and paths are the recipe's
+(built as ``tools/train.py`` builds them). ``--views K`` averages K random views where the task
+can (default: the recipe's ``train.eval_views``). The metrics, with the number of items scored and
+of corrupt samples skipped, are printed and written to ``<checkpoint>.<split>-<K>views.json``.
+Exit code 2: configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import gin
-import torch
 
-from meltr.backbones.allinone.checkpoint import load_allinone_checkpoint
-from meltr.tasks.retrieval import evaluate_retrieval
-from meltr.train.checkpoint import is_training_checkpoint
-from meltr.train.cli import CONFIG_ERROR
-from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings
-from meltr.train.data_paths import check_data_paths
+from meltr.backbones.checkpoint import read_file
+from meltr.train import build
+from meltr.train.checkpointing import CheckpointError, is_training_checkpoint, load_model_weights
+from meltr.train.cli import add_recipe_arguments, configure, run_command
+from meltr.train.config import ConfigError
+from meltr.train.recipe import check_paths
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--gin", "--gin_file", dest="gin_files", action="append", required=True)
-    parser.add_argument("--gin_param", dest="bindings", action="append", default=[])
+    add_recipe_arguments(parser, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--views", type=int, default=3, help="random-frame views to average")
+    parser.add_argument("--split", default="test", help="the split to evaluate (default: test)")
+    parser.add_argument("--views", type=int, default=None, help="random views to average")
     return parser
 
 
-def recipe_value(name: str, default: Any = None) -> Any:
-    """The value the parsed recipe gives parameter ``name`` (``"train.data_dir"``), with macros
-    and ``@Name()`` references evaluated and ``@Name`` returned as the configured callable."""
+def load_weights(components: build.Components, checkpoint: Path) -> None:
+    """Our checkpoint's model weights, or the official file through the recipe's loader."""
     try:
-        value = gin.query_parameter(name)
-    except ValueError:
-        return default
-    if isinstance(value, gin.config.ConfigurableReference):
-        function = value.scoped_configurable_fn
-        return function() if value.evaluate else function
-    return value
+        if checkpoint.is_dir():
+            load_model_weights(checkpoint, components.model)
+            return
+        content = read_file(checkpoint, components.settings.trust_checkpoint_pickle)
+    except (CheckpointError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    if is_training_checkpoint(content):
+        components.model.load_state_dict(content["model"])
+    else:
+        build.load_official_checkpoint(components, str(checkpoint))
 
 
-def evaluate_checkpoint(checkpoint: Path, views: int) -> dict[str, float]:
-    """Metrics of ``checkpoint`` under the parsed recipe (see the module docstring)."""
-    data_dir, vocab = recipe_value("train.data_dir"), recipe_value("train.vocab")
-    check_data_paths(data_dir, vocab, None, require_checkpoint=False)
-    if not checkpoint.is_file():
-        raise ConfigError(f"--checkpoint {checkpoint} is not a file")
+def evaluate_checkpoint(
+    checkpoint: Path, split: str, views: int | None
+) -> tuple[dict[str, float], int]:
+    """Metrics of ``checkpoint`` on ``split`` under the parsed recipe (module docstring), and the
+    number of views they average."""
+    settings, recipe = build.read_recipe()
+    check_paths(settings, needs_vocab=recipe.tokenizer is not None, splits=(split,))
+    if not checkpoint.exists():
+        raise ConfigError(f"--checkpoint {checkpoint} does not exist")
+    views = settings.eval_views if views is None else views
     if views < 1:
         raise ConfigError(f"--views must be >= 1, got {views}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = recipe_value("train.tokenizer")(vocab)
-    model = recipe_value("train.model")(vocab_size=tokenizer.vocab_size)
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if is_training_checkpoint(saved):
-        model.load_state_dict(saved["model"])
-    else:
-        load_allinone_checkpoint(model, checkpoint)
-    model.to(device)
-    test_data = recipe_value("train.test_data")
-    batch_size = recipe_value("train.eval_batch_size") or recipe_value("train.batch_size")
-    return evaluate_retrieval(
-        model,
-        lambda view: test_data(data_dir, tokenizer, batch_size=batch_size, view=view),
-        device,
-        views,
+    components = build.build(settings, recipe)
+    load_weights(components, checkpoint)
+    device = build.resolve_device(settings.device)
+    model = components.model.to(device)
+    eval_loader = gin.get_configurable("eval_loader")
+    batch_size = settings.eval_batch_size or settings.batch_size
+
+    def batches(view: int | None):
+        return eval_loader(
+            settings.data_dir, components.decoder, batch_size=batch_size, split=split, view=view
+        )
+
+    metrics = build.construct(
+        "--views", components.task.evaluate, model, batches, device, split, views
     )
+    return metrics, views
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate from command-line arguments; return the process exit code."""
     args, extra = build_parser().parse_known_args(argv)
-    try:
-        parse_gin(args.gin_files, [*args.bindings, *sweep_args_to_bindings(extra)])
-        metrics = evaluate_checkpoint(args.checkpoint, args.views)
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return CONFIG_ERROR
-    output = args.checkpoint.with_name(f"{args.checkpoint.stem}.test-{args.views}views.json")
-    output.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(json.dumps(metrics, indent=2))
-    print(f"written to {output}")
-    return 0
+
+    def body() -> int:
+        configure(args.gin_files, args.bindings, extra)
+        metrics, views = evaluate_checkpoint(args.checkpoint, args.split, args.views)
+        output = args.checkpoint.with_name(
+            f"{args.checkpoint.name.removesuffix('.pt')}.{args.split}-{views}views.json"
+        )
+        output.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(json.dumps(metrics, indent=2))
+        print(f"written to {output}")
+        return 0
+
+    return run_command(body)

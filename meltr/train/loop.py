@@ -1,13 +1,16 @@
-"""The gin entry point ``train``: build everything from the recipe, run, evaluate, checkpoint.
+"""The training run: build from the recipe, train, evaluate, select, checkpoint, report.
 
 Run directory layout (``run_dir``):
 
 - ``config.gin``: the operative gin config (every parameter actually used);
 - ``metrics.jsonl``: one JSON object per log step and per evaluation (see RunLog);
-- ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (by ``test/t2v_R@1``; see checkpoint.py),
-  or, in a distributed run (``Distributed.strategy`` "ddp" / "fsdp" under torchrun), the sharded
-  ``checkpoints/last/`` and ``checkpoints/best/`` (see sharded_checkpoint.py);
+- ``checkpoints/``: ``last`` and ``best`` in the run's format (see checkpointing.py); ``best`` is
+  selected on the validation split when the data has one (``val-*.tar``), else on the test split;
+- ``results.json``: the final report: test metrics of the last and of the selected checkpoint;
 - ``wandb/``: the W&B run files.
+
+Nothing is created before the whole recipe has been built, every command-line binding has been
+checked to be used, and the first training batch has been read.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +27,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meltr.backbones.allinone.checkpoint import load_allinone_checkpoint
-from meltr.tasks.retrieval import evaluate_retrieval
-from meltr.train.checkpoint import (
+from meltr.learner import NonFiniteParametersError
+from meltr.train import build
+from meltr.train.checkpointing import (
+    Checkpointer,
+    CheckpointError,
     Progress,
-    load_checkpoint,
+    TrainingState,
     restore_rng_state,
-    restore_training_checkpoint,
-    save_training_checkpoint,
+    resume,
 )
-from meltr.train.config import ConfigError, config_to_dict
-from meltr.train.data_paths import check_data_paths
+from meltr.train.config import (
+    ConfigError,
+    check_command_line_bindings,
+    config_to_dict,
+    warn_unused_file_bindings,
+)
 from meltr.train.distributed import (
     Distributed,
+    DistributedContext,
     assert_replicated,
     check_meta_learning_supported,
     gathered_parameters,
@@ -47,264 +55,347 @@ from meltr.train.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from meltr.train.meters import IntervalMeter
+from meltr.train.meters import IntervalMeter, SkipWarnings
 from meltr.train.preemption import PreemptionHandler
+from meltr.train.recipe import RunSettings, check_paths, has_split, is_better
 from meltr.train.run_log import RunLog, truncate_metrics
-from meltr.train.sharded_checkpoint import (
-    latest_checkpoint,
-    restore_training_state,
-    save_training_state,
-)
 
-BEST_METRIC = "test/t2v_R@1"
+RUN_FILES = ("config.gin", "metrics.jsonl", "checkpoints")
 
 
-@gin.configurable(denylist=["run_dir", "resume"])
-def train(
-    run_dir: str | Path,
-    resume: bool = False,
-    *,
-    steps: int,
-    batch_size: int,
-    eval_every: int,
-    checkpoint_every: int,
-    seed: int = 0,
-    log_every: int = 10,
-    data_dir: str | None = None,
-    vocab: str | None = None,
-    checkpoint: str | None = None,
-    require_checkpoint: bool = False,
-    trust_checkpoint_pickle: bool = False,
-    checkpoint_meta_loss: bool = False,
-    tokenizer: Callable,
-    model: Callable[..., torch.nn.Module],
-    loss_source: Callable,
-    meta_loss: Callable[..., torch.nn.Module],
-    learner: Callable,
-    optimizer: Callable[..., torch.optim.Optimizer],
-    meta_optimizer: Callable[..., torch.optim.Optimizer] | None,
-    schedule: Callable,
-    train_data: Callable[..., Any],
-    test_data: Callable[..., Any],
-    eval_batch_size: int | None = None,
-    eval_views: int = 1,
-    device: str = "auto",
-) -> dict[str, float]:
-    """Fine-tune ``model`` on ``loss_source`` with a MetaLearner; return the final test metrics.
+class TrainingStopped(RuntimeError):
+    """The run stopped itself: it diverged (non-finite values, see the message); the last good
+    checkpoint was kept."""
 
-    Factories (gin references without ``()``), called here in this order after seeding:
-    ``tokenizer(vocab)``; ``model(vocab_size=tokenizer.vocab_size)``; ``meta_loss(num_tasks=
-    len(loss_source.tasks))``; ``optimizer(model.parameters())``; ``meta_optimizer(meta_loss.
-    parameters())`` (None: a fixed meta loss, the baselines); ``schedule(optimizer, total_steps=
-    steps)``; ``learner(model=, meta_loss=, loss_source=, optimizer=, meta_optimizer=)``;
-    ``train_data(data_dir, tokenizer, batch_size=, seed=, start_batch=)`` (an infinite iterable);
-    ``test_data(data_dir, tokenizer, batch_size=, view=)`` (one pass over the test split).
 
-    ``checkpoint`` (the ``CHECKPOINT`` macro) initialises the model with
-    ``load_allinone_checkpoint``, and also the meta loss from the file's ``aux_model.*`` (a
-    MELTR-trained checkpoint) when ``checkpoint_meta_loss``. ``trust_checkpoint_pickle=True``
-    lets the loader unpickle a file that also holds Python objects (old Lightning ``.ckpt`` files
-    do; only for files you trust). ``resume`` continues ``run_dir`` from ``checkpoints/last.pt``
-    with the same step, data position, optimizer, schedule and RNG states.
-    Paths are checked (ConfigError) before anything is read, built or written.
+def check_run_directory(run_dir: Path, resume: bool) -> None:
+    """ConfigError when ``run_dir`` already holds a run and this is not ``--resume`` (reusing it
+    would replace its checkpoints and interleave its metrics)."""
+    if resume:
+        return
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if present:
+        raise ConfigError(
+            f"--output {run_dir} already holds a run ({', '.join(present)}); continue it with "
+            "--resume, or choose a new --output"
+        )
 
-    Under torchrun with ``Distributed.strategy`` "ddp" or "fsdp", ``batch_size`` is the global
-    batch (split evenly over the ranks), every rank reads its own data, the loss values the meta
-    network sees are global-batch values, checkpoints are sharded, and only rank 0 logs. SIGTERM
-    or SIGUSR1 makes every rank checkpoint at the next step boundary and return; ``resume``
-    continues from there (at the same or another world size).
+
+def run_training(
+    run_dir: str | Path, resume: bool = False, command_line_bindings: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Train the parsed gin recipe into ``run_dir``; return the final report (``results.json``).
+
+    ``command_line_bindings`` (the user's ``--gin_param`` / ``--X.y=v`` bindings) must all be
+    used by the run (ConfigError naming the first that is not). Under torchrun with
+    ``Distributed.strategy`` "ddp" or "fsdp", ``train.batch_size`` is the global batch (split
+    evenly over the ranks), every rank reads its own data, the loss values the meta network sees
+    are global-batch values, checkpoints are sharded and only rank 0 logs. SIGTERM or SIGUSR1
+    makes every rank checkpoint at the next step boundary and return; ``resume`` continues from
+    the newest valid checkpoint (at the same or another world size, sharded checkpoints also in
+    one plain process).
     """
-    check_data_paths(data_dir, vocab, checkpoint, require_checkpoint)
-    parallel = Distributed()
     run_dir = Path(run_dir)
-    sharded = parallel.strategy != "none"
-    last_path = run_dir / "checkpoints" / ("last" if sharded else "last.pt")
-    resume_from = (latest_checkpoint(last_path) if sharded else last_path) if resume else None
-    if resume and (resume_from is None or not resume_from.exists()):
-        raise ConfigError(f"--resume: {last_path} does not exist, nothing to resume")
-    for name, every in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
-        if every < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {every}")
+    check_run_directory(run_dir, resume)
+    settings, recipe = build.read_recipe()
+    parallel = build.construct("Distributed", gin.get_configurable("Distributed"))
+    check_paths(settings, needs_vocab=recipe.tokenizer is not None, splits=("train", "test"))
     context = init_distributed(parallel)
     try:
-        if batch_size % context.world_size:
+        trainer = Trainer(run_dir, resume, settings, recipe, parallel, context)
+        trainer.prepare(command_line_bindings)
+        return trainer.run()
+    finally:
+        shutdown_distributed()
+
+
+class Trainer:
+    """One training run, in the order ``prepare()`` (build, check, restore, read the first batch,
+    create the run directory) then ``run()`` (steps, evaluations, checkpoints, report)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        resume: bool,
+        settings: RunSettings,
+        recipe: build.Recipe,
+        parallel: Distributed,
+        context: DistributedContext,
+    ) -> None:
+        self.run_dir, self.resume, self.settings, self.recipe = run_dir, resume, settings, recipe
+        self.parallel, self.context = parallel, context
+        self.sharded = parallel.strategy != "none"
+        if settings.batch_size % context.world_size:
             raise ConfigError(
-                f"train.batch_size={batch_size} (the global batch) does not divide over "
+                f"train.batch_size={settings.batch_size} (the global batch) does not divide over "
                 f"{context.world_size} ranks"
             )
-        if context.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if sharded:
-            device = context.device
-        else:
-            device = torch.device(
-                ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-            )
-        _seed_everything(seed)
+        self.device = context.device if self.sharded else build.resolve_device(settings.device)
+        self.eval_splits = ["val", "test"] if has_split(settings.data_dir, "val") else ["test"]
+        self.log: RunLog | None = None
 
-        text_tokenizer = tokenizer(vocab)
-        net = model(vocab_size=text_tokenizer.vocab_size).to(device)
-        meta_net = meta_loss(num_tasks=len(loss_source.tasks)).to(device)
-        if checkpoint is not None and not resume:
-            report = load_allinone_checkpoint(
-                net,
-                checkpoint,
-                meta_loss=meta_net if checkpoint_meta_loss else None,
-                trust_pickle=trust_checkpoint_pickle,
+    # ---------------------------------------------------------------- preparation
+
+    def prepare(self, command_line_bindings: Sequence[str]) -> None:
+        settings, recipe = self.settings, self.recipe
+        _seed_everything(settings.seed)
+        self.components = build.build(settings, recipe)
+        if self.components.meta_loss is None:
+            raise ConfigError(
+                "the loss source has no 'tasks' attribute: give it one (the task names, primary "
+                "first), so the meta loss can be built before training"
             )
-            if context.is_main:
-                print(f"loaded {checkpoint}: {_report_summary(report)}")
-        net = wrap_model(net, context, parallel)
-        backbone_optimizer = optimizer(net.parameters())
-        meta_net_optimizer = (
-            None if meta_optimizer is None else meta_optimizer(meta_net.parameters())
+        if not self.resume:
+            report = build.load_initial_checkpoint(self.components)
+            if report is not None and self.context.is_main:
+                print(f"loaded {settings.checkpoint}: {report.summary()}")
+        self.model = self.components.model.to(self.device)
+        self.meta_loss = self.components.meta_loss.to(self.device)
+        self.model = build.construct(
+            "Distributed", wrap_model, self.model, self.context, self.parallel
         )
-        lr_schedule = schedule(backbone_optimizer, total_steps=steps)
-        meta_learner = learner(
-            model=net,
-            meta_loss=meta_net,
-            loss_source=reduced_loss_source(loss_source) if sharded else loss_source,
-            optimizer=backbone_optimizer,
-            meta_optimizer=meta_net_optimizer,
-            **({"reduce": mean_over_ranks} if sharded else {}),
+        self._build_learner()
+        self.checkpointer = Checkpointer(
+            self.run_dir / "checkpoints", self.sharded, self.context.is_main
+        )
+        self.task = self.components.task
+
+        self.progress, rng = Progress(), None
+        if self.resume:
+            try:
+                self.progress, rng, used = resume(
+                    self.run_dir / "checkpoints", self.state, self.sharded
+                )
+            except CheckpointError as error:
+                raise ConfigError(str(error)) from None
+            if self.context.is_main:
+                print(f"resuming from {used} at step {self.progress.step}")
+        self.selection = f"{self.eval_splits[0]}/{self.task.selection_metric}"
+        self.progress.best_metric = self.selection
+        # The loader is started before the RNG states are restored: starting it may draw from
+        # the global RNG, which an uninterrupted run did once, before its first step.
+        self.batches = self._training_batches()
+        check_command_line_bindings(command_line_bindings)
+        warn_unused_file_bindings()
+        self.first_batch = next(self.batches)
+        if rng is not None:
+            restore_rng_state(rng)
+        self._create_run_directory()
+
+    def _build_learner(self) -> None:
+        recipe, settings = self.recipe, self.settings
+        optimizer = build.construct("Recipe.optimizer", recipe.optimizer, self.model.parameters())
+        meta_optimizer = (
+            None
+            if recipe.meta_optimizer is None
+            else build.construct(
+                "Recipe.meta_optimizer", recipe.meta_optimizer, self.meta_loss.parameters()
+            )
+        )
+        schedule = build.construct(
+            "Recipe.schedule", recipe.schedule, optimizer, total_steps=settings.steps
+        )
+        loss_source = recipe.loss_source
+        learner = build.construct(
+            "Recipe.learner",
+            recipe.learner,
+            model=self.model,
+            meta_loss=self.meta_loss,
+            loss_source=reduced_loss_source(loss_source) if self.sharded else loss_source,
+            optimizer=optimizer,
+            meta_optimizer=meta_optimizer,
+            **({"reduce": mean_over_ranks} if self.sharded else {}),
         )
         try:
             check_meta_learning_supported(
-                parallel.strategy, meta_learner.products.name, meta_learner.solver
+                self.parallel.strategy, learner.products.name, learner.solver
             )
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        self.learner, self.schedule = learner, schedule
+        self.state = TrainingState(self.model, learner, schedule)
 
-        saved = load_checkpoint(last_path) if resume and not sharded else None
-        progress = Progress(batches_consumed=saved["batches_consumed"]) if saved else Progress()
-        saved_rng = None
-        if resume and sharded:
-            progress, saved_rng = restore_training_state(
-                resume_from, model=net, learner=meta_learner, schedule=lr_schedule
-            )
-        # The loader is started before the RNG states are restored: starting it may draw from
-        # the global RNG, which an uninterrupted run did once, before its first step.
-        batches = iter(
-            train_data(
-                data_dir,
-                text_tokenizer,
-                batch_size=batch_size // context.world_size,
-                seed=seed,
-                start_batch=progress.batches_consumed,
-            )
+    def _training_batches(self) -> Iterator[dict]:
+        loader = build.construct(
+            "train_loader",
+            gin.get_configurable("train_loader"),
+            self.settings.data_dir,
+            self.components.decoder,
+            batch_size=self.settings.batch_size // self.context.world_size,
+            transforms=self.components.transforms,
+            seed=self.settings.seed,
+            start_batch=self.progress.batches_consumed,
         )
-        if saved:
-            progress = restore_training_checkpoint(
-                saved, model=net, learner=meta_learner, schedule=lr_schedule
+        # Built once now so that a bad evaluation setting fails before training starts.
+        for split in self.eval_splits:
+            self._eval_batches(split, None)
+        return iter(loader)
+
+    def _eval_batches(self, split: str, view: int | None) -> Any:
+        batch_size = self.settings.eval_batch_size or self.settings.batch_size
+        return build.construct(
+            "eval_loader",
+            gin.get_configurable("eval_loader"),
+            self.settings.data_dir,
+            self.components.decoder,
+            batch_size=batch_size,
+            split=split,
+            view=view,
+        )
+
+    def _create_run_directory(self) -> None:
+        if not self.context.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_text = gin.operative_config_str()
+        (self.run_dir / "config.gin").write_text(config_text)
+        if self.resume:
+            truncate_metrics(self.run_dir, after_step=self.progress.step)
+        self.log = RunLog(
+            self.run_dir, config_to_dict(config_text), self.run_dir.name, self.progress.wandb_run_id
+        )
+        self.progress.wandb_run_id = self.log.run_id
+        if self.eval_splits == ["test"]:
+            print(
+                f"no validation split (no val-*.tar in {self.settings.data_dir}): the best "
+                f"checkpoint is selected on {self.selection}, so its test numbers are optimistic"
             )
-        if saved_rng is not None:
-            restore_rng_state(saved_rng)
-        if resume and context.is_main:
-            truncate_metrics(run_dir, after_step=progress.step)
 
-        def test_loader(view: int | None) -> Any:
-            return test_data(
-                data_dir, text_tokenizer, batch_size=eval_batch_size or batch_size, view=view
-            )
+    # ---------------------------------------------------------------- the run
 
-        # Built once now so that a bad evaluation setting fails before training, and so that
-        # the operative config below (which lists only configurables already called) is
-        # complete.
-        test_loader(None)
-        log = None
-        if context.is_main:
-            config_text = gin.operative_config_str()
-            (run_dir / "config.gin").write_text(config_text)
-            log = RunLog(run_dir, config_to_dict(config_text), run_dir.name, progress.wandb_run_id)
-            progress.wandb_run_id = log.run_id
-
-        def evaluate() -> dict[str, float]:
-            with gathered_parameters(net):
-                return evaluate_retrieval(net, test_loader, device, eval_views)
-
-        def save(name: str) -> None:
-            if sharded:
-                save_training_state(
-                    run_dir / "checkpoints" / name,
-                    model=net,
-                    learner=meta_learner,
-                    schedule=lr_schedule,
-                    progress=progress,
-                    keep=1,
+    def evaluate(self) -> dict[str, float]:
+        """Every evaluation split's metrics (the validation split first, when there is one)."""
+        metrics: dict[str, float] = {}
+        with gathered_parameters(self.model):
+            for split in self.eval_splits:
+                metrics |= self.task.evaluate(
+                    self.model,
+                    lambda view, split=split: self._eval_batches(split, view),
+                    self.device,
+                    split,
+                    self.settings.eval_views,
                 )
-            else:
-                save_training_checkpoint(
-                    run_dir / "checkpoints" / f"{name}.pt",
-                    model=net,
-                    learner=meta_learner,
-                    schedule=lr_schedule,
-                    progress=progress,
-                )
+        return metrics
 
-        final_metrics = None
+    def run(self) -> dict[str, Any]:
+        settings, progress, learner = self.settings, self.progress, self.learner
         meter = IntervalMeter(progress.totals)
+        skips = SkipWarnings(learner.skipped)
+        final_metrics = None
         bar = tqdm(
-            total=steps,
+            total=settings.steps,
             initial=progress.step,
             desc="train",
             dynamic_ncols=True,
-            disable=not context.is_main,
+            disable=not self.context.is_main,
         )
-        with bar, PreemptionHandler(device=device) as preemption:
-            while progress.step < steps:
-                lr = lr_schedule.get_last_lr()[0]
+        with bar, PreemptionHandler(device=self.device) as preemption:
+            while progress.step < settings.steps:
+                batch = self.first_batch if self.first_batch is not None else next(self.batches)
+                self.first_batch = None
+                lr = self.schedule.get_last_lr()[0]
                 started = time.perf_counter()
-                batch = next(batches)
                 progress.batches_consumed += 1
-                values = meta_learner.step(_to_device(batch, device))
-                lr_schedule.step()
-                seconds = time.perf_counter() - started
+                try:
+                    values = learner.step(_to_device(batch, self.device))
+                except NonFiniteParametersError as error:
+                    raise TrainingStopped(
+                        f"{error}; stopped at step {progress.step + 1} without saving: the last "
+                        f"good checkpoint is in {self.run_dir / 'checkpoints'}"
+                    ) from None
+                self.schedule.step()
                 progress.step += 1
-                if parallel.debug_checks and "meta/L_pri" in values:
-                    assert_replicated(meta_net.parameters(), meta_learner.step_count)
+                self._check_skips(skips, progress.step)
+                if self.parallel.debug_checks and "meta/L_pri" in values:
+                    assert_replicated(self.meta_loss.parameters(), learner.step_count)
                 meter.add(
                     values,
                     lr=lr,
                     num_corrupt=batch["num_corrupt"],
-                    clips=len(batch["video_id"]),
-                    seconds=seconds,
+                    items=_batch_size(batch),
+                    seconds=time.perf_counter() - started,
                 )
                 bar.update(1)
                 bar.set_postfix(meter.summary(), refresh=False)
 
                 step = progress.step
-                if step % log_every == 0 or step == steps:
-                    interval = meter.flush()
-                    if log is not None:
-                        log.log(step, interval)
-                if step % eval_every == 0 or step == steps:
-                    final_metrics = evaluate()
-                    if log is not None:
-                        log.log(step, final_metrics)
-                    best = progress.best_value
-                    if best is None or final_metrics[BEST_METRIC] > best:
-                        progress.best_value, progress.best_step = final_metrics[BEST_METRIC], step
-                        save("best")
-                if step % checkpoint_every == 0 or step == steps:
-                    save("last")
+                if step % settings.log_every == 0 or step == settings.steps:
+                    self._log(step, meter.flush())
+                if step % settings.eval_every == 0 or step == settings.steps:
+                    final_metrics = self._evaluate_and_select(step)
+                if step % settings.checkpoint_every == 0 or step == settings.steps:
+                    self.checkpointer.save("last", self.state, progress)
                 elif preemption.stop_requested():
-                    save("last")
+                    self.checkpointer.save("last", self.state, progress)
                     break
-        stopped = progress.step < steps
-        if stopped:
-            if context.is_main:
+        return self._finish(final_metrics)
+
+    def _check_skips(self, skips: SkipWarnings, step: int) -> None:
+        skips.warn_new(step, self.learner.skipped, self.learner.last_skip)
+        limit = self.settings.max_consecutive_skips
+        if self.learner.consecutive_skips >= limit:
+            raise TrainingStopped(
+                f"{self.learner.consecutive_skips} inner updates in a row were skipped for "
+                f"non-finite values (train.max_consecutive_skips = {limit}; last: "
+                f"{self.learner.last_skip}); the run diverged and stopped at step {step}. The "
+                f"last good checkpoint is in {self.run_dir / 'checkpoints'} (nothing was saved "
+                "over it); lower the learning rates or check the data"
+            )
+
+    def _evaluate_and_select(self, step: int) -> dict[str, float]:
+        progress = self.progress
+        try:
+            metrics = self.evaluate()
+        except BaseException:
+            self.checkpointer.save("last", self.state, progress)  # no training step is lost
+            raise
+        self._log(step, metrics)
+        if is_better(metrics[self.selection], progress.best_value, self.task.higher_is_better):
+            progress.best_value, progress.best_step = metrics[self.selection], step
+            progress.best_metrics = dict(metrics)
+            self.checkpointer.save("best", self.state, progress)
+        return metrics
+
+    def _log(self, step: int, values: Mapping[str, float]) -> None:
+        if self.log is not None:
+            self.log.log(step, values)
+
+    def _finish(self, final_metrics: dict[str, float] | None) -> dict[str, Any]:
+        progress, is_main = self.progress, self.context.is_main
+        if progress.step < self.settings.steps:
+            if self.log is not None:
+                self.log.finish()
+            if is_main:
                 print(f"stopped by a signal at step {progress.step}; continue with --resume")
-        elif final_metrics is None:  # resumed a finished run
-            final_metrics = evaluate()
-        if log is not None:
-            log.finish()
-        if context.is_main:
-            print(f"run directory: {run_dir}")
-            if not stopped:
-                print("final test metrics: " + json.dumps(final_metrics, indent=None))
-        return final_metrics or {}
-    finally:
-        shutdown_distributed()
+            return {}
+        if final_metrics is None:  # resumed a finished run
+            final_metrics = self.evaluate()
+        report = {
+            "selection": {
+                "metric": self.selection,
+                "higher_is_better": self.task.higher_is_better,
+                "best_step": progress.best_step,
+                "best_value": progress.best_value,
+            },
+            "last": {"step": progress.step, **_test_metrics(final_metrics)},
+            "best": {"step": progress.best_step, **_test_metrics(progress.best_metrics)},
+        }
+        if self.log is not None:
+            self.log.finish()
+        if is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+            print(f"run directory: {self.run_dir}")
+            print("final test metrics: " + json.dumps(_test_metrics(final_metrics)))
+            print(
+                f"selected checkpoint (best {self.selection} = {progress.best_value} at step "
+                f"{progress.best_step}) test metrics: "
+                + json.dumps(_test_metrics(progress.best_metrics))
+            )
+        return report
+
+
+def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if key.startswith("test/")}
 
 
 def _seed_everything(seed: int) -> None:
@@ -317,6 +408,9 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _report_summary(report: Any) -> str:
-    counts = {name: len(value) for name, value in asdict(report).items()}
-    return ", ".join(f"{count} {name}" for name, count in counts.items())
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    """The number of items in a batch (the length of its first tensor or list)."""
+    for value in batch.values():
+        if isinstance(value, list) or (torch.is_tensor(value) and value.dim() > 0):
+            return len(value)
+    return 0

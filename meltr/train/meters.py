@@ -1,7 +1,9 @@
-"""Turning the learner's per-step numbers into log records: interval means plus run totals."""
+"""Turning the learner's per-step numbers into log records (interval means plus run totals), and
+warning about skipped updates."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -14,7 +16,8 @@ class IntervalMeter:
 
     ``flush()`` returns, for the steps since the previous flush: the mean of every number the
     learner reported (a key present only on meta steps is averaged over those steps), ``lr`` (of
-    the last step) and ``time/clips_per_s``; and, for the whole run: ``data/num_corrupt`` (samples
+    the last step) and ``time/clips_per_s`` (items per second); and, for the whole run:
+    ``data/num_corrupt`` (samples
     skipped as corrupt), ``skipped/*`` (updates the learner refused, e.g. non-finite losses) and
     ``time/meta_share`` (fraction of training-step time spent in meta steps).
 
@@ -41,11 +44,11 @@ class IntervalMeter:
         *,
         lr: float,
         num_corrupt: int,
-        clips: int,
+        items: int,
         seconds: float,
     ) -> None:
         """Record one training step: the learner's ``values``, the lr it used, the corrupt samples
-        its batch skipped, its batch size ``clips`` and its wall time ``seconds``."""
+        its batch skipped, its batch size ``items`` and its wall time ``seconds``."""
         for key, value in values.items():
             if key.startswith(RUN_TOTAL_PREFIX):
                 self.totals[key] = float(value)
@@ -57,7 +60,7 @@ class IntervalMeter:
         self._last = {**values, "lr": lr}
         self.totals["data/num_corrupt"] += num_corrupt
         self.totals["time/step_seconds"] += seconds
-        self._clips += clips
+        self._clips += items
         self._seconds += seconds
 
     def summary(self) -> dict[str, str]:
@@ -84,3 +87,26 @@ class IntervalMeter:
         )
         self._reset()
         return record
+
+
+class SkipWarnings:
+    """Warns when the learner skipped an update, naming the step and the non-finite quantity:
+    every one of the first ``first`` skips, then every ``every``-th, so a long run of skips does
+    not flood the log."""
+
+    def __init__(self, skipped: Mapping[str, int], first: int = 5, every: int = 100) -> None:
+        self.first, self.every = first, every
+        self._seen = sum(skipped.values())
+
+    def warn_new(self, step: int, skipped: Mapping[str, int], detail: str | None) -> None:
+        """Warn if ``skipped`` (the learner's ``{reason: count}``) grew since the last call."""
+        total = sum(skipped.values())
+        if total == self._seen:
+            return
+        self._seen = total
+        if total <= self.first or total % self.every == 0:
+            counts = ", ".join(f"{reason} {count}" for reason, count in skipped.items() if count)
+            warnings.warn(
+                f"step {step}: an update was skipped ({detail}); {total} skipped so far ({counts})",
+                stacklevel=2,
+            )

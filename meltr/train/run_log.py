@@ -11,6 +11,7 @@ import json
 import math
 import netrc
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -77,9 +78,23 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """All records of a run's ``metrics.jsonl``, in order."""
-    with (Path(run_dir) / "metrics.jsonl").open() as file:
-        return [json.loads(line) for line in file if line.strip()]
+    """All records of a run's ``metrics.jsonl``, in order.
+
+    A torn last line (a run killed while writing it) is dropped with a warning; an unreadable line
+    before the last raises ValueError naming the file and the line number.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    numbered = enumerate(path.read_text().splitlines(), 1)
+    lines = [(number, line) for number, line in numbered if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if position < len(lines) - 1:
+                raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from None
+            warnings.warn(f"{path}: dropping the torn last line {number}", stacklevel=2)
+    return records
 
 
 def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:

@@ -42,3 +42,19 @@ def warmup_linear_schedule(
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     multiplier = WarmupLinearDecay(total_steps, round(warmup_fraction * total_steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def multistep_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    milestones: tuple[float, ...] = (0.5, 0.75),
+    gamma: float = 0.1,
+) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Scheduler multiplying every base lr by ``gamma`` at each milestone, given as fractions of
+    ``total_steps`` (the usual CIFAR schedule: x0.1 at 50 % and 75 % of training)."""
+    if not all(0.0 < fraction < 1.0 for fraction in milestones):
+        raise ValueError(f"milestones must be fractions in (0, 1), got {milestones}")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    steps = sorted(round(fraction * total_steps) for fraction in milestones)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 import webdataset as wds
 
+from meltr.data.decoders import VideoCaptions
 from meltr.data.writer import write_shards
 
 
@@ -45,7 +46,7 @@ def read_back(paths):
 
 
 def test_shards_hold_the_samples_in_order_in_the_contracted_format(tmp_path):
-    paths = write_shards(ITEMS, Recorder(), tmp_path, "train", samples_per_shard=3)
+    paths = write_shards(ITEMS, Recorder(), tmp_path, "train", VideoCaptions, samples_per_shard=3)
     assert [p.name for p in paths] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert sorted(os.listdir(tmp_path)) == [p.name for p in paths]  # no temporary left behind
     expected = [(i.key, f"video bytes {i.number}".encode(), make_sample(i)["json"]) for i in ITEMS]
@@ -54,15 +55,15 @@ def test_shards_hold_the_samples_in_order_in_the_contracted_format(tmp_path):
 
 
 def test_rerun_keeps_complete_shards_and_materialises_only_missing_ones(tmp_path):
-    paths = write_shards(ITEMS, Recorder(), tmp_path, "train", samples_per_shard=3)
+    paths = write_shards(ITEMS, Recorder(), tmp_path, "train", VideoCaptions, samples_per_shard=3)
     contents = [p.read_bytes() for p in paths]
     stamps = [os.stat(p).st_mtime_ns for p in paths]
     untouched = Recorder()
-    assert write_shards(ITEMS, untouched, tmp_path, "train", samples_per_shard=3) == paths
+    assert write_shards(ITEMS, untouched, tmp_path, "train", VideoCaptions, samples_per_shard=3) == paths
     assert untouched.built == []
     os.remove(paths[1])
     refill = Recorder()
-    write_shards(ITEMS, refill, tmp_path, "train", samples_per_shard=3)
+    write_shards(ITEMS, refill, tmp_path, "train", VideoCaptions, samples_per_shard=3)
     assert refill.built == ["clip3", "clip4", "clip5"]
     assert [p.read_bytes() for p in paths] == contents  # reproducible bytes (fixed mtimes)
     assert [os.stat(p).st_mtime_ns for i, p in enumerate(paths) if i != 1] == stamps[::2]
@@ -70,25 +71,25 @@ def test_rerun_keeps_complete_shards_and_materialises_only_missing_ones(tmp_path
 
 def test_a_crash_leaves_no_shard_under_a_final_name_and_a_rerun_completes(tmp_path):
     with pytest.raises(RuntimeError, match="clip4"):
-        write_shards(ITEMS, Recorder(fail_on="clip4"), tmp_path, "train", samples_per_shard=3)
+        write_shards(ITEMS, Recorder(fail_on="clip4"), tmp_path, "train", VideoCaptions, samples_per_shard=3)
     assert sorted(os.listdir(tmp_path)) == ["train-000000.tar"]
     resumed = Recorder()
-    paths = write_shards(ITEMS, resumed, tmp_path, "train", samples_per_shard=3)
+    paths = write_shards(ITEMS, resumed, tmp_path, "train", VideoCaptions, samples_per_shard=3)
     assert resumed.built == ["clip3", "clip4", "clip5", "clip6"]
     assert [key for key, _, _ in read_back(paths)] == [item.key for item in ITEMS]
 
 
 def test_parallel_workers_write_the_same_bytes(tmp_path):
-    serial = write_shards(ITEMS, make_sample, tmp_path / "serial", "train", 2, workers=1)
-    parallel = write_shards(ITEMS, make_sample, tmp_path / "parallel", "train", 2, workers=2)
+    serial = write_shards(ITEMS, make_sample, tmp_path / "serial", "train", VideoCaptions, 2, workers=1)
+    parallel = write_shards(ITEMS, make_sample, tmp_path / "parallel", "train", VideoCaptions, 2, workers=2)
     assert [p.read_bytes() for p in serial] == [p.read_bytes() for p in parallel]
 
 
 def test_an_existing_shard_with_other_samples_is_refused_by_name(tmp_path):
-    write_shards(ITEMS, make_sample, tmp_path, "train", samples_per_shard=3)
+    write_shards(ITEMS, make_sample, tmp_path, "train", VideoCaptions, samples_per_shard=3)
     shifted = [Item(f"other{i}", i) for i in range(7)]
     with pytest.raises(ValueError, match="train-000000.tar"):
-        write_shards(shifted, make_sample, tmp_path, "train", samples_per_shard=3)
+        write_shards(shifted, make_sample, tmp_path, "train", VideoCaptions, samples_per_shard=3)
 
 
 def broken(field, value):
@@ -116,11 +117,11 @@ def broken(field, value):
 )
 def test_a_bad_sample_is_reported_with_its_key_and_field(tmp_path, materialise, message):
     with pytest.raises(ValueError, match=message):
-        write_shards(ITEMS, materialise, tmp_path, "train")
+        write_shards(ITEMS, materialise, tmp_path, "train", VideoCaptions)
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("keys", [["a", "a"], ["a.b"], ["a/b"], [""]])
 def test_bad_keys_are_refused_before_writing(tmp_path, keys):
     with pytest.raises(ValueError, match="key"):
-        write_shards([Item(k, 0) for k in keys], make_sample, tmp_path, "train")
+        write_shards([Item(k, 0) for k in keys], make_sample, tmp_path, "train", VideoCaptions)

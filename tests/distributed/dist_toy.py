@@ -38,6 +38,9 @@ class ToyTransformer(nn.Module):
         self.blocks = nn.Sequential(*[ToyBlock(DIM) for _ in range(blocks)])
         self.head = nn.Linear(DIM, 1)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self.blocks(self.embed(x)).mean(dim=1)
         return {"regression": self.head(pooled).squeeze(-1), "features": pooled}

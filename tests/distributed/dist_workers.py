@@ -26,7 +26,7 @@ from meltr.train.distributed import (
     wrap_model,
 )
 from meltr.train.preemption import PreemptionHandler
-from meltr.train.sharded_checkpoint import save_checkpoint
+from meltr.train.sharded import save_sharded
 
 LOSS_WEIGHTS = torch.tensor([1.0, 0.3], dtype=torch.float64)
 
@@ -101,7 +101,7 @@ def checkpoint_worker(config: Distributed, out_dir: Path, save_after: int, total
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     rank, world_size = context.rank, context.world_size
     history = train_steps(model, optimizer, range(save_after), rank, world_size)
-    save_checkpoint(
+    save_sharded(
         out_dir / "checkpoints",
         save_after,
         model,

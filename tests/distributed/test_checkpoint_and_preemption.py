@@ -14,11 +14,11 @@ from dist_workers import checkpoint_worker, preemption_worker, train_steps
 from meltr.solvers import ConjugateGradient, Identity, Neumann, Unrolled
 from meltr.train.distributed import Distributed, check_meta_learning_supported, spawn_local_ranks
 from meltr.train.preemption import PreemptionHandler
-from meltr.train.sharded_checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+from meltr.train.sharded import (
+    latest_sharded,
+    load_sharded,
     reslice_batches,
-    save_checkpoint,
+    save_sharded,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,10 +49,10 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
     reference = train_steps(uninterrupted, optimizer, range(TOTAL), 0, 1)
     torch.testing.assert_close(two_ranks[0]["history"], reference, rtol=1e-10, atol=1e-12)
 
-    checkpoint = latest_checkpoint(tmp_path / "checkpoints")
+    checkpoint = latest_sharded(tmp_path / "checkpoints")
     assert checkpoint is not None and checkpoint.name == f"step-{SAVE_AFTER:08d}"
     model, optimizer = fresh_model_and_optimizer()
-    loaded = load_checkpoint(checkpoint, model, optimizer)
+    loaded = load_sharded(checkpoint, model, optimizer)
     assert loaded.step == SAVE_AFTER and loaded.saved_world_size == 2
     torch.testing.assert_close(loaded.replicated_state["meta"], torch.arange(3.0))
     batches = [state["batches"] for state in loaded.rank_states]
@@ -69,7 +69,7 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
     exported = torch.load(tmp_path / "model.pt", weights_only=True)
     expected = make_model(seed=123)
     fresh_optimizer = torch.optim.AdamW(expected.parameters(), lr=1e-2)
-    load_checkpoint(checkpoint, expected, fresh_optimizer)
+    load_sharded(checkpoint, expected, fresh_optimizer)
     assert exported.keys() == expected.state_dict().keys()
     for name, value in expected.state_dict().items():
         torch.testing.assert_close(exported[name], value, rtol=0, atol=0, msg=name)
@@ -78,20 +78,20 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
 def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):
     model, optimizer = fresh_model_and_optimizer()
     train_steps(model, optimizer, range(1), 0, 1)
-    first = save_checkpoint(tmp_path, 1, model, optimizer, {"step": 1}, {})
+    first = save_sharded(tmp_path, 1, model, optimizer, {"step": 1}, {})
     # A crash mid-save leaves a staging directory without info.json; a rerun must ignore it.
     crashed = tmp_path / ".step-00000002.tmp"
     (crashed / "model").mkdir(parents=True)
-    assert latest_checkpoint(tmp_path) == first
+    assert latest_sharded(tmp_path) == first
     (tmp_path / "latest").unlink()
-    assert latest_checkpoint(tmp_path) == first
+    assert latest_sharded(tmp_path) == first
     for step in (2, 3, 4):
-        save_checkpoint(tmp_path, step, model, optimizer, {"step": step}, {}, keep=2)
+        save_sharded(tmp_path, step, model, optimizer, {"step": step}, {}, keep=2)
     assert not crashed.exists()
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000003", "step-00000004"]
-    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    assert latest_sharded(tmp_path).name == "step-00000004"
     with pytest.raises(FileNotFoundError, match="info.json"):
-        load_checkpoint(crashed, model, optimizer)
+        load_sharded(crashed, model, optimizer)
 
 
 def test_ranks_agree_to_stop_at_the_step_one_of_them_was_signalled(tmp_path):

@@ -19,7 +19,7 @@ from meltr.train.cli import main
 from meltr.train.distributed import spawn_local_ranks
 from meltr.train.evaluate_cli import main as evaluate_main
 from meltr.train.run_log import read_metrics
-from meltr.train.sharded_checkpoint import latest_checkpoint
+from meltr.train.sharded import latest_sharded
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, STOP_AT = 6, 3
@@ -135,11 +135,12 @@ def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
 
     interrupted = tmp_path / "interrupted"
     spawn_local_ranks(cli_worker, 2, tiny_args(interrupted, "fsdp"), 1, STOP_AT)
-    checkpoint = latest_checkpoint(interrupted / "checkpoints" / "last")
+    checkpoint = latest_sharded(interrupted / "checkpoints" / "last")
     assert checkpoint is not None and checkpoint.name == f"step-{STOP_AT:08d}"
 
-    one_process = tmp_path / "one_process"
+    one_process, plain = tmp_path / "one_process", tmp_path / "plain"
     shutil.copytree(interrupted, one_process)
+    shutil.copytree(interrupted, plain)
 
     spawn_local_ranks(cli_worker, 2, ["--output", str(interrupted), "--resume"], None, None)
     expected = torch.load(export_last(uninterrupted, tmp_path / "a.pt", True), weights_only=True)
@@ -166,6 +167,14 @@ def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
     finished = torch.load(export_last(one_process, tmp_path / "c.pt", True), weights_only=True)
     assert finished["learner"]["progress"]["step"] == STEPS
     assert finished["learner"]["learner"]["step_count"] == STEPS
+
+    # ... and in one plain process (no process group, single-file checkpoints from then on).
+    strategy = ["--gin_param", "Distributed.strategy = 'none'"]
+    assert main(["--output", str(plain), "--resume", *strategy]) == 0
+    last = torch.load(plain / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == STEPS and last["learner"]["step_count"] == STEPS
+    for name, weight in expected["model"].items():  # the same run, batch order aside
+        torch.testing.assert_close(last["model"][name], weight, rtol=0.05, atol=0.05, msg=name)
 
 
 def test_distributed_run_refuses_double_backward_through_the_backbone(tiny_args, tmp_path, capsys):

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from meltr.train import checkpoint
-from meltr.train.checkpoint import capture_rng_state, restore_rng_state, save_atomic
+from meltr.train import single_file
+from meltr.train.checkpointing import (
+    CheckpointError,
+    capture_rng_state,
+    read_training_file,
+    restore_rng_state,
+)
+from meltr.train.single_file import save_atomic
 
 
 def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -16,7 +22,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypa
         file.write(b"PK\x03\x04 half a zip file")
         raise KeyboardInterrupt  # e.g. the job is killed while writing
 
-    monkeypatch.setattr(checkpoint.torch, "save", crash_halfway)
+    monkeypatch.setattr(single_file.torch, "save", crash_halfway)
     with pytest.raises(KeyboardInterrupt):
         save_atomic({"step": 2, "weights": torch.zeros(4)}, path)
 
@@ -46,5 +52,5 @@ def test_rng_state_round_trip_reproduces_all_generators():
 def test_foreign_file_is_refused_with_its_name(tmp_path):
     path = tmp_path / "official.ckpt"
     torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="official.ckpt"):
-        checkpoint.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="official.ckpt"):
+        read_training_file(path)

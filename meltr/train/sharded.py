@@ -15,7 +15,7 @@ A save writes into ``.step-00000120.tmp`` and renames it when every rank has fin
 mid-save leaves the previous checkpoint as ``latest``. Loading works at any world size: DCP reshards
 model and optimizer; rank-local batches can be re-split with ``reslice_batches``.
 
-``save_training_state`` / ``restore_training_state`` put a MetaLearner run into this layout.
+``meltr.train.checkpointing`` puts a training run into this layout.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from meltr.train.checkpoint import Progress, capture_rng_state
-
 LATEST = "latest"
 INFO = "info.json"
 REPLICATED = "replicated.pt"
@@ -49,7 +47,7 @@ REPLICATED = "replicated.pt"
 
 @dataclass
 class LoadedCheckpoint:
-    """What ``load_checkpoint`` returns besides the model and optimizer it fills in place.
+    """What ``load_sharded`` returns besides the model and optimizer it fills in place.
 
     step: the step the checkpoint was saved at.
     saved_world_size: how many ranks saved it.
@@ -67,7 +65,7 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save_checkpoint(
+def save_sharded(
     checkpoints: str | os.PathLike,
     step: int,
     model: nn.Module,
@@ -86,9 +84,9 @@ def save_checkpoint(
     Returns the final directory. Mutates nothing.
     """
     if keep < 1:
-        raise ValueError(f"save_checkpoint: keep={keep} must be at least 1")
+        raise ValueError(f"save_sharded: keep={keep} must be at least 1")
     root = Path(checkpoints)
-    rank, world_size = _rank_and_world_size()
+    rank, world_size = rank_and_world_size()
     final = root / checkpoint_name(step)
     staging = root / f".{final.name}.tmp"
     if rank == 0:
@@ -113,7 +111,7 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(checkpoints: str | os.PathLike) -> Path | None:
+def latest_sharded(checkpoints: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint under ``checkpoints``, or None when there is none."""
     root = Path(checkpoints)
     pointer = root / LATEST
@@ -125,7 +123,7 @@ def latest_checkpoint(checkpoints: str | os.PathLike) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(
+def load_sharded(
     checkpoint: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> LoadedCheckpoint:
     """Fill ``model`` and ``optimizer`` (wrapped as in the current run, any world size) from
@@ -155,6 +153,13 @@ def load_checkpoint(
     ]
     replicated = torch.load(path / REPLICATED, map_location="cpu", weights_only=True)
     return LoadedCheckpoint(info["step"], info["world_size"], replicated, rank_states)
+
+
+def load_sharded_model(checkpoint: str | os.PathLike, model: nn.Module) -> None:
+    """Fill only ``model`` (plain or wrapped) from ``checkpoint``'s DCP model shards."""
+    model_state = get_model_state_dict(model)
+    dcp.load(model_state, checkpoint_id=Path(checkpoint) / "model")
+    set_model_state_dict(model, model_state)
 
 
 def reslice_batches(
@@ -222,7 +227,8 @@ def _rank_file(rank: int) -> str:
     return f"rank-{rank:05d}.pt"
 
 
-def _rank_and_world_size() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the world size; (0, 1) without a process group."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -256,63 +262,3 @@ def _prune(root: Path, keep: int) -> None:
     complete = sorted(path for path in root.glob("step-*") if (path / INFO).is_file())
     for old in complete[:-keep]:
         shutil.rmtree(old)
-
-
-def save_training_state(
-    checkpoints: str | os.PathLike,
-    *,
-    model: nn.Module,
-    learner: Any,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    progress: Progress,
-    keep: int = 2,
-) -> Path:
-    """Save a distributed run's full training state at ``progress.step`` (a collective).
-
-    The backbone and its optimizer go to DCP shards; the replicated learner state (meta network,
-    meta optimizer, step counter, replay generator, skip counters), the schedule and the progress
-    go to rank 0's file; each rank's replay-buffer batches and RNG states go to its own file.
-    """
-    learner_state = learner.state_dict()
-    learner_state.pop("optimizer")  # in the DCP shards
-    buffer = learner_state.pop("buffer")
-    return save_checkpoint(
-        checkpoints,
-        progress.step,
-        model,
-        learner.optimizer,
-        replicated_state={
-            "learner": learner_state,
-            "schedule": schedule.state_dict(),
-            "progress": asdict(progress),
-        },
-        rank_state={"buffer": buffer, "rng": capture_rng_state()},
-        keep=keep,
-    )
-
-
-def restore_training_state(
-    checkpoint: str | os.PathLike,
-    *,
-    model: nn.Module,
-    learner: Any,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[Progress, dict[str, Any]]:
-    """Inverse of ``save_training_state`` at the current world size, which may differ from the
-    saving one: the replay buffer's batches are re-split over the ranks. Mutates ``model``,
-    ``learner`` (including its optimizer) and ``schedule``; returns the progress and this rank's
-    saved RNG states (rank 0's when it had no counterpart), for the caller to restore with
-    ``restore_rng_state`` once it has started its data stream."""
-    rank, world_size = _rank_and_world_size()
-    loaded = load_checkpoint(checkpoint, model, learner.optimizer)
-    buffers = [state["buffer"] for state in loaded.rank_states]
-    learner.load_state_dict(
-        loaded.replicated_state["learner"]
-        | {
-            "optimizer": learner.optimizer.state_dict(),
-            "buffer": reslice_batches(buffers, rank, world_size),
-        }
-    )
-    schedule.load_state_dict(loaded.replicated_state["schedule"])
-    own = rank if rank < loaded.saved_world_size else 0
-    return Progress(**loaded.replicated_state["progress"]), loaded.rank_states[own]["rng"]

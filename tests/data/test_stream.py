@@ -4,9 +4,10 @@ import warnings
 import pytest
 import torch
 
-from meltr.data import samples as samples_module
-from meltr.data.pipeline import eval_loader, train_loader
-from meltr.data.text import WordPieceTokenizer
+from meltr.data import decoders as decoders_module
+from meltr.data.decoders import VideoCaptions
+from meltr.data.stream import eval_loader, train_loader
+from meltr.data.text import MaskTokens, WordPieceTokenizer
 from meltr.data.transforms import video_transform
 from meltr.data.video import read_clip
 
@@ -107,14 +108,22 @@ def segments(num_total: int, num_frames: int) -> list[range]:
     return [range(bounds[i], bounds[i + 1]) for i in range(num_frames)]
 
 
+def _decoder(dataset, kwargs):
+    clip = {key: kwargs.pop(key, value) for key, value in CLIP.items()}
+    return VideoCaptions(dataset["tokenizer"], **clip)
+
+
 def train(dataset, name="clean", **kwargs):
-    options = {"batch_size": 3, "num_workers": 0, "seed": 0, "shuffle_buffer": 4, **CLIP}
-    return train_loader(dataset[name], dataset["tokenizer"], **{**options, **kwargs})
+    decoder = _decoder(dataset, kwargs)
+    options = {"batch_size": 3, "num_workers": 0, "seed": 0, "shuffle_buffer": 4}
+    transforms = [MaskTokens(dataset["tokenizer"])]
+    return train_loader(dataset[name], decoder, transforms=transforms, **{**options, **kwargs})
 
 
 def evaluate(dataset, name="clean", **kwargs):
-    options = {"batch_size": 2, "num_workers": 0, **CLIP}
-    return eval_loader(dataset[name], dataset["tokenizer"], **{**options, **kwargs})
+    decoder = _decoder(dataset, kwargs)
+    options = {"batch_size": 2, "num_workers": 0}
+    return eval_loader(dataset[name], decoder, **{**options, **kwargs})
 
 
 def test_train_batches_have_the_documented_format_and_content(dataset):
@@ -181,13 +190,13 @@ def test_resume_yields_exactly_the_remaining_batches(dataset, name, num_workers)
 
 def test_resume_does_not_decode_the_skipped_samples(dataset, monkeypatch):
     decoded = []
-    real_read_clip = samples_module.read_clip
+    real_read_clip = decoders_module.read_clip
 
     def counting_read_clip(*args, **kwargs):
         decoded.append(args)
         return real_read_clip(*args, **kwargs)
 
-    monkeypatch.setattr(samples_module, "read_clip", counting_read_clip)
+    monkeypatch.setattr(decoders_module, "read_clip", counting_read_clip)
     take(train(dataset, start_batch=50), 1)
     assert len(decoded) == 3
 
@@ -278,10 +287,11 @@ def test_corrupt_eval_samples_are_skipped_and_counted(dataset, num_workers):
 
 
 def test_missing_shards_name_the_directory_and_pattern(dataset, tmp_path):
+    decoder = VideoCaptions(dataset["tokenizer"], **CLIP)
     with pytest.raises(FileNotFoundError, match=rf"train-\*\.tar.*{tmp_path.name}"):
-        train_loader(tmp_path, dataset["tokenizer"], 2)
+        train_loader(tmp_path, decoder, 2)
     with pytest.raises(FileNotFoundError, match=rf"test-\*\.tar.*{tmp_path.name}"):
-        eval_loader(tmp_path, dataset["tokenizer"], 2)
+        eval_loader(tmp_path, decoder, 2)
 
 
 def test_bad_arguments_are_named(dataset):
@@ -298,5 +308,6 @@ def test_sample_json_fields_reach_the_batch(dataset, tmp_path, shard_tools):
     sample = make_sample("key-1", 4, ["a cat"], "test")
     sample["json"] = json.dumps({"video_id": "video-id-1", "captions": ["a cat"]}).encode()
     write_tar(tmp_path / "test-000000.tar", [sample])
-    (batch,) = list(eval_loader(tmp_path, dataset["tokenizer"], 4, **CLIP, num_workers=0))
+    decoder = VideoCaptions(dataset["tokenizer"], **CLIP)
+    (batch,) = list(eval_loader(tmp_path, decoder, 4, num_workers=0))
     assert batch["video_id"] == ["video-id-1"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from meltr.tasks.retrieval import evaluate_retrieval
+from meltr.tasks.retrieval import Retrieval
 
 DIM = 6
 
@@ -15,9 +15,11 @@ class LookupModel(nn.Module):
         super().__init__()
         self.text_table, self.video_tables = text_table, video_tables
 
-    def forward(self, *, mode, text_ids=None, text_mask=None, video=None):
+    def forward(self, *, mode, text_ids=None, text_mask=None, video=None, text=None):
         if mode == "text":
             return {"text_feat": self.text_table[text_ids[:, 0]]}
+        if mode == "score":  # a "cross encoder" that scores every pair of the given rows
+            return {"scores": text["text_feat"] @ video["video_feat"].T}
         view, index = video[:, 0, 0, 0, 0].long() // 100, video[:, 0, 0, 0, 0].long() % 100
         return {"video_feat": self.video_tables[view[0]][index]}
 
@@ -56,8 +58,9 @@ def _reference_metrics(similarity, text_to_video):
     return metrics
 
 
+@pytest.mark.parametrize("scoring", ["dual", "cross"])
 @pytest.mark.parametrize("views", [1, 3])
-def test_metrics_match_direct_rank_counting(views):
+def test_metrics_match_direct_rank_counting(views, scoring):
     generator = torch.Generator().manual_seed(0)
     captions_of = [[0, 1], [2], [3], [4, 5, 6], [7], [8], [9], [10], [11], [12], [13], [14]]
     num_videos, num_texts = len(captions_of), 15
@@ -68,10 +71,13 @@ def test_metrics_match_direct_rank_counting(views):
     model = LookupModel(text_table, video_tables)
     view_ids = [0] if views == 1 else list(range(views))
 
-    metrics = evaluate_retrieval(
-        model, lambda view: _batches(captions_of, view or 0), torch.device("cpu"), views
+    task = Retrieval(scoring=scoring, score_block=4)  # blocks smaller than the split
+    metrics = task.evaluate(
+        model, lambda view: _batches(captions_of, view or 0), torch.device("cpu"), "test", views
     )
 
     similarity = sum(text_table @ video_tables[k].T for k in view_ids) / len(view_ids)
     text_to_video = [v for v, texts in enumerate(captions_of) for _ in texts]
-    assert metrics == pytest.approx(_reference_metrics(similarity.numpy(), text_to_video))
+    counts = {"test/num_items": 15, "test/num_videos": 12, "test/num_corrupt": 0}
+    expected = _reference_metrics(similarity.numpy(), text_to_video) | counts
+    assert metrics == pytest.approx(expected)

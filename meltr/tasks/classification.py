@@ -1,0 +1,68 @@
+"""Classification (images, videos): top-k accuracy over a split, with optional view averaging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from meltr.metrics.classification import topk_accuracy
+from meltr.tasks.common import ItemCounts, all_gather_objects, check_views, eval_mode, to_device
+
+
+class Classification:
+    """Top-k accuracy (percent) of ``model(mode="classify", **inputs)["logits"]`` against
+    ``batch["label"]``; ``input_keys`` are the batch keys fed to the model. With ``views > 1``
+    the softmax probabilities of the views are averaged. Selects on ``top1``, higher is better.
+    """
+
+    selection_metric = "top1"
+    higher_is_better = True
+
+    def __init__(self, input_keys: tuple[str, ...] = ("image",), topk: tuple[int, ...] = (1, 5)):
+        if not topk or any(not isinstance(k, int) or k < 1 for k in topk):
+            raise ValueError(f"topk must be positive integers, got {topk!r}")
+        self.input_keys, self.topk = tuple(input_keys), tuple(topk)
+
+    @torch.no_grad()
+    def _scores(
+        self, model: nn.Module, batches: Iterable[Mapping], device: torch.device
+    ) -> tuple[Tensor, Tensor, ItemCounts]:
+        probabilities, labels, counts = [], [], ItemCounts()
+        for batch in batches:
+            counts.add(batch, "label")
+            logits = model(mode="classify", **to_device(batch, self.input_keys, device))["logits"]
+            probabilities.append(logits.float().softmax(dim=1).cpu())
+            labels.append(batch["label"])
+        shares = [share for share in all_gather_objects((probabilities, labels)) if share[0]]
+        if not shares:
+            raise ValueError("the evaluation split is empty: its loader yielded no batch")
+        return (
+            torch.cat([p for share in shares for p in share[0]]),
+            torch.cat([label for share in shares for label in share[1]]),
+            counts,
+        )
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        batches: Callable[[int | None], Iterable[Mapping]],
+        device: torch.device,
+        split: str,
+        views: int = 1,
+    ) -> dict[str, float]:
+        """``<split>/top<k>`` for each k, ``<split>/num_items``, ``<split>/num_corrupt``."""
+        check_views(views, supports_views=True, task="classification")
+        with eval_mode(model):
+            total, labels, counts = None, None, None
+            for view in [None] if views == 1 else range(views):
+                probabilities, view_labels, view_counts = self._scores(model, batches(view), device)
+                if total is None:
+                    total, labels, counts = probabilities, view_labels, view_counts
+                elif not torch.equal(view_labels, labels):
+                    raise ValueError(f"view {view} of the split differs in its items")
+                else:
+                    total = total + probabilities
+        metrics = topk_accuracy(total, labels, self.topk)
+        return {f"{split}/{name}": value for name, value in metrics.items()} | counts.metrics(split)
