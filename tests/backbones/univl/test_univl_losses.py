@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 import univl_reference as ref
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from univl_tiny import TINY, VOCAB, collate, tiny_items
 
 from meltr.backbones.univl import UniVL, UniVLLoss, UniVLMasking
@@ -212,3 +214,26 @@ def test_missing_batch_keys_are_named(tiny_model, batch):
     del batch["masked_features"]
     with pytest.raises(KeyError, match="masked_features"):
         UniVLLoss(tasks=("m_joint",))(tiny_model, batch)
+
+
+def test_jvp_over_functional_call_agrees_with_finite_differences(tiny_model, batch):
+    """The forward-mode products backend calls the source with a plain function as the model."""
+    source = UniVLLoss(tasks=TASKS)
+    params = {k: v.detach() for k, v in tiny_model.named_parameters()}
+    generator = torch.Generator().manual_seed(7)
+    direction = {
+        k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in params.items()
+    }
+
+    def losses(p):
+        return torch.stack(
+            list(source(lambda **kw: functional_call(tiny_model, p, (), kw), batch).values())
+        )
+
+    with sdpa_kernel(SDPBackend.MATH):
+        _, tangent = jvp(losses, (params,), (direction,))
+    eps = 1e-6
+    with torch.no_grad():
+        plus = losses({k: v + eps * direction[k] for k, v in params.items()})
+        minus = losses({k: v - eps * direction[k] for k, v in params.items()})
+    torch.testing.assert_close(tangent, (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-7)
