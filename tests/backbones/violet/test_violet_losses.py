@@ -50,25 +50,28 @@ def neg_log_softmax(row, index):
     return -(row[index] - torch.logsumexp(row, 0))
 
 
-def pair_score(model, batch, text_row, video_row, video_key="video"):
-    with torch.no_grad():
-        text = model(
-            mode="text",
-            text_ids=batch["text_ids"][text_row : text_row + 1],
-            text_mask=batch["text_mask"][text_row : text_row + 1],
-        )
-        tokens = model(mode="video", video=batch[video_key][video_row : video_row + 1])
-        return model(mode="score", text=text, video=tokens)["scores"][0, 0]
-
-
 def expected_vtm(model, batch, video_key="video"):
-    """For each video v: -log softmax over texts t of s(t, v) / 0.05 at t = v; mean over v."""
-    scores = torch.stack(
-        [
-            torch.stack([pair_score(model, batch, t, v, video_key) for v in range(B)])
+    """Every pair scored on its own (a 1 x 1 ``mode="score"`` call); then for each video v:
+    -log softmax over texts t of s(t, v) / 0.05 at t = v, averaged over v."""
+    with torch.no_grad():
+        texts_alone = [
+            model(
+                mode="text",
+                text_ids=batch["text_ids"][t : t + 1],
+                text_mask=batch["text_mask"][t : t + 1],
+            )
             for t in range(B)
         ]
-    )
+        videos_alone = [model(mode="video", video=batch[video_key][v : v + 1]) for v in range(B)]
+        scores = torch.tensor(
+            [
+                [
+                    model(mode="score", text=text, video=video)["scores"].item()
+                    for video in videos_alone
+                ]
+                for text in texts_alone
+            ]
+        )
     return sum(neg_log_softmax(scores[:, v] / 0.05, v) for v in range(B)) / B
 
 
