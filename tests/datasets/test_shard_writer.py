@@ -59,7 +59,10 @@ def test_rerun_keeps_complete_shards_and_materialises_only_missing_ones(tmp_path
     contents = [p.read_bytes() for p in paths]
     stamps = [os.stat(p).st_mtime_ns for p in paths]
     untouched = Recorder()
-    assert write_shards(ITEMS, untouched, tmp_path, "train", VideoCaptions, samples_per_shard=3) == paths
+    assert (
+        write_shards(ITEMS, untouched, tmp_path, "train", VideoCaptions, samples_per_shard=3)
+        == paths
+    )
     assert untouched.built == []
     os.remove(paths[1])
     refill = Recorder()
@@ -71,7 +74,9 @@ def test_rerun_keeps_complete_shards_and_materialises_only_missing_ones(tmp_path
 
 def test_a_crash_leaves_no_shard_under_a_final_name_and_a_rerun_completes(tmp_path):
     with pytest.raises(RuntimeError, match="clip4"):
-        write_shards(ITEMS, Recorder(fail_on="clip4"), tmp_path, "train", VideoCaptions, samples_per_shard=3)
+        write_shards(
+            ITEMS, Recorder(fail_on="clip4"), tmp_path, "train", VideoCaptions, samples_per_shard=3
+        )
     assert sorted(os.listdir(tmp_path)) == ["train-000000.tar"]
     resumed = Recorder()
     paths = write_shards(ITEMS, resumed, tmp_path, "train", VideoCaptions, samples_per_shard=3)
@@ -80,8 +85,12 @@ def test_a_crash_leaves_no_shard_under_a_final_name_and_a_rerun_completes(tmp_pa
 
 
 def test_parallel_workers_write_the_same_bytes(tmp_path):
-    serial = write_shards(ITEMS, make_sample, tmp_path / "serial", "train", VideoCaptions, 2, workers=1)
-    parallel = write_shards(ITEMS, make_sample, tmp_path / "parallel", "train", VideoCaptions, 2, workers=2)
+    serial = write_shards(
+        ITEMS, make_sample, tmp_path / "serial", "train", VideoCaptions, 2, workers=1
+    )
+    parallel = write_shards(
+        ITEMS, make_sample, tmp_path / "parallel", "train", VideoCaptions, 2, workers=2
+    )
     assert [p.read_bytes() for p in serial] == [p.read_bytes() for p in parallel]
 
 
