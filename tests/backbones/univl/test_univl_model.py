@@ -6,7 +6,7 @@ from univl_tiny import TINY
 
 from meltr.backbones.univl import UniVL
 from meltr.backbones.univl.model import DecoderBlock, EncoderBlock
-from meltr.train.distributed import transformer_blocks
+from meltr.train.distributed import fsdp_units
 
 HEADS = TINY["heads"]
 RELEASE_SIZES = dict(
@@ -56,8 +56,8 @@ def test_fsdp_units_are_every_layer_of_every_tower_once(tiny_model):
     )
     assert len(units) == len({id(u) for u in units}) == len(layers) == expected
     assert {id(u) for u in units} == {id(m) for m in layers}
-    # The training system's wrapper discovers the same blocks by class name.
-    assert [id(m) for m in transformer_blocks(tiny_model)] == [id(u) for u in units]
+    # The training system's wrapper accepts them (submodules, not the model itself).
+    assert [id(m) for m in fsdp_units(tiny_model)] == [id(u) for u in units]
     # No parameter of a unit is shared with anything outside it (FSDP shards units separately).
     inside = {id(p) for u in units for p in u.parameters()}
     outside = {
