@@ -79,6 +79,11 @@ def read_file(path: str | PathLike, trust_pickle: bool) -> object:
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as error:  # a pickled class this environment lacks
+        raise CheckpointReadError(
+            f"cannot unpickle checkpoint {path}: {error} (it pickles an object of a module that "
+            "is not installed here)"
+        ) from error
     except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as error:
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
 

@@ -451,6 +451,7 @@ class ImageLabel:
         return {"image": image, "label": record["label"], "image_id": record["image_id"]}
 
     def train_item(self, sample: dict, generator: torch.Generator) -> dict:
+        self.check_record(_record(sample))
         pixels = self._pixels(sample)
         if self.crop_padding:
             height, width = pixels.shape[1:]
@@ -464,6 +465,7 @@ class ImageLabel:
         return self._item(sample, pixels)
 
     def eval_items(self, sample: dict, generator: torch.Generator, random_view: bool) -> list:
+        self.check_record(_record(sample))
         return [self._item(sample, self._pixels(sample))]
 
 

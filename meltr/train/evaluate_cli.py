@@ -60,7 +60,7 @@ def evaluate_checkpoint(
     """Metrics of ``checkpoint`` on ``split`` under the parsed recipe (module docstring), and the
     number of views they average."""
     settings, recipe = build.read_recipe()
-    check_paths(settings, needs_vocab=recipe.tokenizer is not None, splits=(split,))
+    check_paths(settings, needs_vocab=recipe.tokenizer is not None, splits=(split,), training=False)
     if not checkpoint.exists():
         raise ConfigError(f"--checkpoint {checkpoint} does not exist")
     views = settings.eval_views if views is None else views

@@ -120,12 +120,14 @@ class RunSettings:
             )
 
 
-def check_paths(settings: RunSettings, needs_vocab: bool, splits: Sequence[str]) -> None:
+def check_paths(
+    settings: RunSettings, needs_vocab: bool, splits: Sequence[str], training: bool = True
+) -> None:
     """Raise ConfigError, saying which macro to set and how, unless every path is usable.
 
     ``DATA_DIR`` must hold ``<split>-*.tar`` shards for every split in ``splits``; ``VOCAB`` must
-    be a file when ``needs_vocab``; ``CHECKPOINT`` must be None (unless ``require_checkpoint``)
-    or a file. Reads no file content.
+    be a file when ``needs_vocab``; for ``training``, ``CHECKPOINT`` must be None (unless
+    ``require_checkpoint``) or a file. Reads no file content.
     """
     data_dir = settings.data_dir
     if data_dir is None:
@@ -142,6 +144,8 @@ def check_paths(settings: RunSettings, needs_vocab: bool, splits: Sequence[str])
             raise ConfigError(_unset("VOCAB", "train.vocab", "/path/to/vocab.txt"))
         if not Path(settings.vocab).is_file():
             raise ConfigError(f"VOCAB (train.vocab) = {settings.vocab!r} is not a file")
+    if not training:
+        return
     if settings.checkpoint is None:
         if settings.require_checkpoint:
             raise ConfigError(

@@ -1,6 +1,7 @@
 """From a raw (fake) MSRVTT release and an official-format checkpoint to a finished run of
 gin/allinone_msrvtt.gin, through the two command-line tools a researcher uses."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -96,3 +97,41 @@ def test_release_converts_and_trains_through_the_msrvtt_recipe(tmp_path, monkeyp
     assert final["step"] == 4
     assert 0.0 <= final["test/t2v_R@1"] <= 100.0
     assert final["test/t2v_MnR"] <= len(TEST)
+
+    # The same official file through tools/inspect_checkpoint.py: the report the loader logged.
+    paths = [f"--DATA_DIR={shards}", f"--VOCAB={vocab}", *model_sizes]
+    paths += ["--IMAGE_SIZE=32", "--RESIZE=36"]
+    inspected = run(
+        "tools/inspect_checkpoint.py",
+        "--gin",
+        "gin/allinone_msrvtt.gin",
+        "--checkpoint",
+        str(checkpoint),
+        *paths,
+    )
+    assert inspected.returncode == 0, inspected.stderr[-3000:]
+    report = json.loads(inspected.stdout)
+    assert sorted(report["missing"]) == ["vtm_score.bias", "vtm_score.weight"]
+    assert report["unexpected"] == [] and "text_embeddings.position_ids" in report["adapted"]
+    assert len(report["loaded"]) == len(official) - 1
+
+    # A Lightning file that also pickles Python objects (old releases' hyperparameters) is refused
+    # by tools/evaluate.py unless train.trust_checkpoint_pickle, and then evaluates.
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in official.items()},
+            "hparams": argparse.Namespace(lr=1e-4),  # old Lightning files pickle objects
+        },
+        pickled,
+    )
+    evaluate = ["tools/evaluate.py", "--gin", "gin/allinone_msrvtt.gin", "--checkpoint"]
+    refused = run(*evaluate, str(pickled), *paths)
+    assert refused.returncode == 2 and "train.trust_checkpoint_pickle" in refused.stderr
+    trusted = run(*evaluate, str(pickled), *paths, "--train.trust_checkpoint_pickle=True")
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    metrics = json.loads((tmp_path / "pickled.ckpt.test-1views.json").read_text())
+    assert metrics["test/num_items"] == len(TEST) and metrics["test/num_corrupt"] == 0
+    # The official weights evaluate as the run's first evaluation would have: identical weights.
+    assert metrics["test/t2v_R@1"] == final["test/t2v_R@1"]
+
