@@ -29,7 +29,7 @@ def main() -> int:
         result = convert_msrvtt(
             args.root, args.out, args.split, args.skip_missing, args.samples_per_shard
         )
-    except MissingVideosError as error:
+    except (MissingVideosError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for missing in result["skipped"]:

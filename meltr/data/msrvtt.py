@@ -94,6 +94,8 @@ def plan_msrvtt(root: str | os.PathLike, split: str = "9k") -> MsrvttPlan:
     if split not in TRAIN_LISTS:
         raise ValueError(f"split must be one of {sorted(TRAIN_LISTS)}, got {split!r}")
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root} is not a directory (the MSRVTT release)")
     captions = load_captions(root / ANNOTATIONS)
     plan = MsrvttPlan()
     for video_id in read_id_list(root / TRAIN_LISTS[split]):
@@ -151,8 +153,12 @@ def materialise_video(video: MsrvttVideo) -> Sample:
 
 def load_captions(path: Path) -> dict[str, list[str]]:
     """``{video id: [captions in file order]}`` from ``MSR_VTT.json``."""
-    with open(path) as file:
-        data = json.load(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (the MSRVTT annotations file)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise ValueError(f"{path}: expected a top-level 'annotations' list")
@@ -168,6 +174,8 @@ def load_captions(path: Path) -> dict[str, list[str]]:
 
 def read_id_list(path: Path) -> list[str]:
     """Video ids, one per non-empty line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (an MSRVTT split list)")
     with open(path) as file:
         return [line.strip() for line in file if line.strip()]
 

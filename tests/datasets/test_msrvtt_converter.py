@@ -148,3 +148,12 @@ def test_a_csv_without_the_sentence_column_is_named(release, tmp_path):
 def test_an_unknown_split_is_named(release, tmp_path):
     with pytest.raises(ValueError, match="'8k'"):
         convert_msrvtt(release, tmp_path / "shards", "8k")
+
+
+def test_a_broken_annotations_file_and_a_missing_root_are_named(release, tmp_path):
+    (release / "MSR_VTT.json").write_text('{"annotations": [')
+    done = run_cli("--root", release, "--out", tmp_path / "shards")
+    assert done.returncode == 2 and "MSR_VTT.json is not valid JSON" in done.stderr
+    done = run_cli("--root", tmp_path / "nowhere", "--out", tmp_path / "shards")
+    assert done.returncode == 2 and "nowhere is not a directory" in done.stderr
+    assert "Traceback" not in done.stderr
