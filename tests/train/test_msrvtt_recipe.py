@@ -134,4 +134,3 @@ def test_release_converts_and_trains_through_the_msrvtt_recipe(tmp_path, monkeyp
     assert metrics["test/num_items"] == len(TEST) and metrics["test/num_corrupt"] == 0
     # The official weights evaluate as the run's first evaluation would have: identical weights.
     assert metrics["test/t2v_R@1"] == final["test/t2v_R@1"]
-
