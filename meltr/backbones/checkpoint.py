@@ -133,3 +133,20 @@ def shape_mismatch(key: str, value: Tensor, current: Tensor) -> ValueError:
         f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model expects "
         f"{tuple(current.shape)}"
     )
+
+
+def fit_rows(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor:
+    """A 2-D table (positions, ...) of another number of rows fitted to ``current``'s: a longer
+    one cropped, a shorter one filling the first rows (the model keeps its own values for the
+    rest); the change is noted in ``report.adapted``. ``shape_mismatch`` when the columns differ."""
+    if value.dim() != 2 or current.dim() != 2 or value.shape[1] != current.shape[1]:
+        raise shape_mismatch(key, value, current)
+    rows, wanted = value.shape[0], current.shape[0]
+    if rows >= wanted:
+        if rows > wanted:
+            report.adapted[key] = f"cropped from {rows} to {wanted} positions"
+        return value[:wanted]
+    fitted = current.clone()
+    fitted[:rows] = value
+    report.adapted[key] = f"rows 0..{rows - 1} loaded, rows {rows}..{wanted - 1} kept"
+    return fitted

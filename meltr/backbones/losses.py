@@ -7,7 +7,7 @@ and the mean of its gradients, equal the single-process loss of the global batch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -67,3 +67,21 @@ def require(batch: Mapping[str, Tensor], *keys: str) -> list[Tensor]:
     if missing:
         raise KeyError(f"batch lacks key(s) {missing}; it has {sorted(batch)}")
     return [batch[k] for k in keys]
+
+
+def check_tasks(
+    tasks: Iterable[str], primary: Sequence[str], auxiliary: Sequence[str]
+) -> tuple[str, ...]:
+    """``tasks`` as a tuple, checked: the first one of ``primary``, the others distinct and from
+    ``auxiliary``; ValueError naming what is wrong and what is known otherwise."""
+    tasks = tuple(tasks)
+    if not tasks or tasks[0] not in primary:
+        raise ValueError(f"tasks must start with a primary task {tuple(primary)}, got {tasks}")
+    unknown = [task for task in tasks[1:] if task not in auxiliary]
+    if unknown:
+        raise ValueError(
+            f"unknown auxiliary task(s) {unknown} in tasks={tasks}; known: {tuple(auxiliary)}"
+        )
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks contains duplicates: {tasks}")
+    return tasks

@@ -127,6 +127,25 @@ def _text(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, tor
     return tokenizer.encode(list(texts))
 
 
+def _caption_items(
+    tokenizer: Tokenizer, record: dict, indices: Sequence[int], shared: dict
+) -> list[dict]:
+    """One item per caption index: ``shared`` plus the caption's tokens, text and index."""
+    captions = record["captions"]
+    ids, mask = _text(tokenizer, [captions[index] for index in indices])
+    return [
+        shared
+        | {
+            "text_ids": ids[row],
+            "text_mask": mask[row],
+            "caption": captions[index],
+            "video_id": record["video_id"],
+            "caption_index": index,
+        }
+        for row, index in enumerate(indices)
+    ]
+
+
 # ---------------------------------------------------------------- the kinds
 
 
@@ -161,21 +180,8 @@ class VideoCaptions(_VideoFrames):
     def _items(
         self, sample: dict, record: dict, video: torch.Tensor, indices: Sequence[int]
     ) -> list[dict]:
-        captions = record["captions"]
-        ids, mask = _text(self.tokenizer, [captions[index] for index in indices])
-        extra = _arrays(sample, self.arrays)
-        return [
-            {
-                "video": video,
-                "text_ids": ids[row],
-                "text_mask": mask[row],
-                "caption": captions[index],
-                "video_id": record["video_id"],
-                "caption_index": index,
-                **extra,
-            }
-            for row, index in enumerate(indices)
-        ]
+        shared = {"video": video} | _arrays(sample, self.arrays)
+        return _caption_items(self.tokenizer, record, indices, shared)
 
     def train_item(self, sample: dict, generator: torch.Generator) -> dict:
         record = _record(sample)
@@ -373,8 +379,6 @@ class FeatureText:
         record = _record(sample)
         self.check_record(record)
         features, feature_mask = self._features(sample)
-        captions = record["captions"]
-        ids, mask = _text(self.tokenizer, [captions[index] for index in indices])
         shared: dict[str, Any] = {"features": features, "feature_mask": feature_mask}
         if self.transcript and "transcript" in record:
             transcript_ids, transcript_mask = _text(self.tokenizer, [record["transcript"]])
@@ -382,17 +386,7 @@ class FeatureText:
         if "label" in record:
             shared["label"] = float(record["label"])
         shared |= _arrays(sample, self.arrays)
-        return [
-            shared
-            | {
-                "text_ids": ids[row],
-                "text_mask": mask[row],
-                "caption": captions[index],
-                "video_id": record["video_id"],
-                "caption_index": index,
-            }
-            for row, index in enumerate(indices)
-        ]
+        return _caption_items(self.tokenizer, record, indices, shared)
 
     def train_item(self, sample: dict, generator: torch.Generator) -> dict:
         captions = _strings(_record(sample), "captions")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from meltr.backbones.checkpoint import (
     LoadReport,
+    fit_rows,
     read_state_dict,
     shape_mismatch,
     strip_prefixes,
@@ -118,7 +119,6 @@ def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor
     if value.shape == current.shape:
         return value
     same_but_dim1 = value.dim() == current.dim() == 3 and value.shape[::2] == current.shape[::2]
-    same_but_dim0 = value.dim() == current.dim() == 2 and value.shape[1] == current.shape[1]
     if key == TEMPORAL_KEY and same_but_dim1:
         frames, wanted = value.shape[1], current.shape[1]
         fitted = value.new_zeros(current.shape)
@@ -126,15 +126,8 @@ def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor
         change = "cropped" if frames > wanted else "zero-padded"
         report.adapted[key] = f"{change} from {frames} to {wanted} frames"
         return fitted
-    if key == TEXT_POSITION_KEY and same_but_dim0:
-        rows, wanted = value.shape[0], current.shape[0]
-        if rows > wanted:
-            report.adapted[key] = f"cropped from {rows} to {wanted} positions"
-            return value[:wanted]
-        fitted = current.clone()
-        fitted[:rows] = value
-        report.adapted[key] = f"rows 0..{rows - 1} loaded, rows {rows}..{wanted - 1} kept"
-        return fitted
+    if key == TEXT_POSITION_KEY:
+        return fit_rows(key, value, current, report)
     raise shape_mismatch(key, value, current)
 
 

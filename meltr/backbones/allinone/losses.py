@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meltr.backbones.losses import (
+    check_tasks,
     gather_across_ranks,
     masked_token_loss,
     require,
@@ -49,19 +50,7 @@ class AllInOneRetrievalLoss:
     """
 
     def __init__(self, tasks: Iterable[str] = ("itc", "mlm"), temperature: float = 0.05) -> None:
-        tasks = tuple(tasks)
-        if not tasks or tasks[0] != PRIMARY_TASK:
-            raise ValueError(
-                f"tasks must start with the primary task {PRIMARY_TASK!r}, got {tasks}"
-            )
-        unknown = [t for t in tasks[1:] if t not in AUXILIARY_TASKS]
-        if unknown:
-            raise ValueError(
-                f"unknown task(s) {unknown} in tasks={tasks}; known auxiliary tasks: "
-                f"{AUXILIARY_TASKS}"
-            )
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"tasks contains duplicates: {tasks}")
+        tasks = check_tasks(tasks, (PRIMARY_TASK,), AUXILIARY_TASKS)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.tasks = tasks

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meltr.backbones.losses import require
+from meltr.backbones.losses import check_tasks, require
 
 PRIMARY_TASK = "ce"
 AUXILIARY_TASKS = ("mixup", "rotation")
@@ -61,16 +61,7 @@ class ImageClassificationLoss:
     def __init__(
         self, tasks: Iterable[str] = ("ce", "mixup", "rotation"), mixup_alpha: float = 1.0
     ) -> None:
-        tasks = tuple(tasks)
-        if not tasks or tasks[0] != PRIMARY_TASK:
-            raise ValueError(
-                f"tasks must start with the primary task {PRIMARY_TASK!r}, got {tasks}"
-            )
-        unknown = [task for task in tasks[1:] if task not in AUXILIARY_TASKS]
-        if unknown or len(set(tasks)) != len(tasks):
-            raise ValueError(
-                f"tasks={tasks}: auxiliary tasks must be distinct, from {AUXILIARY_TASKS}"
-            )
+        tasks = check_tasks(tasks, (PRIMARY_TASK,), AUXILIARY_TASKS)
         if not mixup_alpha > 0:
             raise ValueError(f"mixup_alpha must be > 0, got {mixup_alpha}")
         self.tasks, self.mixup_alpha = tasks, mixup_alpha
