@@ -8,7 +8,7 @@ Formats (``Checkpointer(directory, sharded=...)``, chosen by the run's strategy)
   (``meltr.train.single_file``): ``format`` ``"meltr-train"``, ``version``, ``model`` (state dict),
   ``learner`` (``MetaLearner.state_dict()``), ``schedule``, ``rng`` (global torch / python / numpy
   states), ``step``, ``batches_consumed``, ``best`` (metric, value, step, metrics),
-  ``wandb_run_id``, ``totals`` (run-long counters);
+  ``wandb_run_id``, ``totals`` (run-long counters), ``health`` (the health checks' state);
 - sharded (``Distributed.strategy`` "ddp" / "fsdp"): ``<checkpoints>/last/step-*/`` (the newest two
   kept) and ``<checkpoints>/best/step-*/``, ``torch.distributed.checkpoint`` shards of the model and
   its optimizer plus the replicated learner state and per-rank states (``meltr.train.sharded``).
@@ -63,6 +63,7 @@ class Progress:
     best_metrics: dict[str, float] = field(default_factory=dict)
     wandb_run_id: str | None = None
     totals: dict[str, float] = field(default_factory=dict)
+    health: dict = field(default_factory=dict)  # the HealthMonitor's state
 
 
 @dataclass
@@ -145,6 +146,7 @@ def _single_file_payload(state: TrainingState, progress: Progress) -> dict[str, 
         },
         "wandb_run_id": progress.wandb_run_id,
         "totals": dict(progress.totals),
+        "health": dict(progress.health),
     }
 
 
@@ -276,6 +278,7 @@ def restore(
         best_metrics=dict(best.get("metrics", {})),
         wandb_run_id=content.get("wandb_run_id"),
         totals=dict(content.get("totals", {})),
+        health=dict(content.get("health", {})),
     )
     return progress, content["rng"]
 

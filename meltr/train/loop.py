@@ -55,10 +55,11 @@ from meltr.train.distributed import (
     shutdown_distributed,
     wrap_model,
 )
+from meltr.train.health import HealthMonitor
 from meltr.train.meters import IntervalMeter, SkipWarnings
 from meltr.train.preemption import PreemptionHandler
 from meltr.train.recipe import RunSettings, check_paths, has_split, is_better
-from meltr.train.run_log import RunLog, truncate_metrics
+from meltr.train.run_log import RunLog, StepLog, truncate_jsonl
 
 RUN_FILES = ("config.gin", "metrics.jsonl", "checkpoints")
 
@@ -133,6 +134,7 @@ class Trainer:
         self.device = context.device if self.sharded else build.resolve_device(settings.device)
         self.eval_splits = ["val", "test"] if has_split(settings.data_dir, "val") else ["test"]
         self.log: RunLog | None = None
+        self.steps: StepLog | None = None
 
     # ---------------------------------------------------------------- preparation
 
@@ -250,7 +252,8 @@ class Trainer:
         config_text = gin.operative_config_str()
         (self.run_dir / "config.gin").write_text(config_text)
         if self.resume:
-            truncate_metrics(self.run_dir, after_step=self.progress.step)
+            truncate_jsonl(self.run_dir / "metrics.jsonl", after_step=self.progress.step)
+        self.steps = StepLog(self.run_dir, self.progress.step if self.resume else None)
         self.log = RunLog(
             self.run_dir, config_to_dict(config_text), self.run_dir.name, self.progress.wandb_run_id
         )
@@ -281,6 +284,7 @@ class Trainer:
         settings, progress, learner = self.settings, self.progress, self.learner
         meter = IntervalMeter(progress.totals)
         skips = SkipWarnings(learner.skipped)
+        health = self._health_monitor()
         final_metrics = None
         bar = tqdm(
             total=settings.steps,
@@ -317,10 +321,13 @@ class Trainer:
                 )
                 bar.update(1)
                 bar.set_postfix(meter.summary(), refresh=False)
+                if self.steps is not None:
+                    self.steps.log(progress.step, values)
 
                 step = progress.step
                 if step % settings.log_every == 0 or step == settings.steps:
-                    self._log(step, meter.flush())
+                    interval = meter.flush()
+                    self._log(step, interval | health.check(step, interval))
                 if step % settings.eval_every == 0 or step == settings.steps:
                     final_metrics = self._evaluate_and_select(step)
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
@@ -342,6 +349,20 @@ class Trainer:
                 "over it); lower the learning rates or check the data"
             )
 
+    def _health_monitor(self) -> HealthMonitor:
+        """The health checks of this run; their state lives in (and resumes from) the progress."""
+        loss_source, tasks = self.recipe.loss_source, self.learner.keys
+        primary = tasks[0] if tasks else list(getattr(loss_source, "tasks", ["?"]))[0]
+        chance_levels = getattr(loss_source, "chance_levels", None)
+        chance = chance_levels(self.settings.batch_size).get(primary) if chance_levels else None
+        return HealthMonitor(
+            primary,
+            chance,
+            self.learner.meta_grad_clip if self.learner.meta_optimizer is not None else None,
+            patience=self.settings.health_patience,
+            state=self.progress.health,
+        )
+
     def _evaluate_and_select(self, step: int) -> dict[str, float]:
         progress = self.progress
         try:
@@ -350,6 +371,9 @@ class Trainer:
             self.checkpointer.save("last", self.state, progress)  # no training step is lost
             raise
         self._log(step, metrics)
+        if self.steps is not None:
+            self.steps.flush()
+            self.steps.snapshot(step, self.meta_loss, self.learner.keys or [])
         if is_better(metrics[self.selection], progress.best_value, self.task.higher_is_better):
             progress.best_value, progress.best_step = metrics[self.selection], step
             progress.best_metrics = dict(metrics)
@@ -359,9 +383,13 @@ class Trainer:
     def _log(self, step: int, values: Mapping[str, float]) -> None:
         if self.log is not None:
             self.log.log(step, values)
+        if self.steps is not None:
+            self.steps.flush()
 
     def _finish(self, final_metrics: dict[str, float] | None) -> dict[str, Any]:
         progress, is_main = self.progress, self.context.is_main
+        if self.steps is not None:
+            self.steps.close()
         if progress.step < self.settings.steps:
             if self.log is not None:
                 self.log.finish()

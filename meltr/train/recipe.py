@@ -69,7 +69,8 @@ class RunSettings:
     scratch; trust_checkpoint_pickle: let the checkpoint loader unpickle Python objects (only for
     files you trust); checkpoint_meta_loss: also start the meta loss from the checkpoint's meta
     network; max_consecutive_skips: stop the run after this many inner updates in a row were
-    skipped for non-finite values.
+    skipped for non-finite values; health_patience: log records in a row before a health warning
+    (``meltr.train.health``).
     """
 
     steps: int
@@ -88,10 +89,11 @@ class RunSettings:
     trust_checkpoint_pickle: bool = False
     checkpoint_meta_loss: bool = False
     max_consecutive_skips: int = 20
+    health_patience: int = 10
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every")
-        for name in (*positive, "eval_views", "max_consecutive_skips"):
+        for name in (*positive, "eval_views", "max_consecutive_skips", "health_patience"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"train.{name} must be an integer >= 1, got {value!r}")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 import wandb
 
 
@@ -77,13 +78,13 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """All records of a run's ``metrics.jsonl``, in order.
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All records of a JSON-lines file, in order.
 
     A torn last line (a run killed while writing it) is dropped with a warning; an unreadable line
     before the last raises ValueError naming the file and the line number.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(path)
     numbered = enumerate(path.read_text().splitlines(), 1)
     lines = [(number, line) for number, line in numbered if line.strip()]
     records = []
@@ -97,10 +98,46 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
-def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
+def truncate_jsonl(path: str | os.PathLike, after_step: int) -> None:
     """Drop the records of steps after ``after_step`` (logged by a run that then crashed before
-    its next checkpoint), so a resumed run's ``metrics.jsonl`` has each step once."""
-    path = Path(run_dir) / "metrics.jsonl"
+    its next checkpoint), so a resumed run's file has each step once."""
+    path = Path(path)
     if path.exists():
-        kept = [record for record in read_metrics(run_dir) if record["step"] <= after_step]
+        kept = [record for record in read_jsonl(path) if record["step"] <= after_step]
         path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """All records of a run's ``metrics.jsonl`` (see ``read_jsonl``)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+class StepLog:
+    """``analysis/steps.jsonl`` of a run: one record per training step with the learner's
+    per-step numbers (``loss/<task>``, ``dM/dl/<task>``, ``meta_loss``, meta-step values), for
+    ``tools/analyze.py``; and ``analysis/meta_loss/step-XXXXXXXX.pt``, snapshots of the meta
+    network (``{"state_dict", "tasks"}``) taken at every evaluation."""
+
+    def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
+        self.directory = run_dir / "analysis"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "steps.jsonl"
+        if resume_after is not None:
+            truncate_jsonl(self.path, resume_after)
+        self._file = self.path.open("a")
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        record = {"step": step, **{key: _finite_or_none(value) for key, value in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def snapshot(self, step: int, meta_loss: torch.nn.Module, tasks: list[str]) -> Path:
+        path = self.directory / "meta_loss" / f"step-{step:08d}.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"state_dict": meta_loss.state_dict(), "tasks": list(tasks)}, path)
+        return path
+
+    def close(self) -> None:
+        self._file.close()

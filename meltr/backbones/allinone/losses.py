@@ -7,6 +7,7 @@ its hard negatives within each rank's slice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -55,6 +56,11 @@ class AllInOneRetrievalLoss:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.tasks = tasks
         self.temperature = temperature
+
+    def chance_levels(self, batch_size: int) -> dict[str, float]:
+        """The losses of a model that cannot tell pairs apart: ``itc`` = ln(batch size) (the
+        contrastive loss over the global batch)."""
+        return {"itc": math.log(batch_size)}
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         text_ids, text_mask, video = require(batch, "text_ids", "text_mask", "video")
