@@ -61,8 +61,8 @@ def load_allinone_checkpoint(
     """Copy a checkpoint's weights into ``model`` (and ``meta_loss``), mutated in place only
     once every check has passed, and report what happened.
 
-    ``path`` holds a Lightning checkpoint (weights under ``"state_dict"``) or a plain state
-    dict. Adaptations: leading ``module.`` / ``model.`` prefixes are stripped; the HF
+    ``path`` holds a Lightning checkpoint (weights under ``"state_dict"``), one of our training
+    checkpoints (weights under ``"model"``: a run pretrained here) or a plain state dict. Adaptations: leading ``module.`` / ``model.`` prefixes are stripped; the HF
     ``position_ids`` / ``token_type_ids`` buffers are dropped; ``itm_score.fc.*`` becomes
     ``vtm_score.*``; ``transformer.temporal_embed`` is cropped or zero-padded to the model's
     frame count; a longer text position table is cropped, a shorter one fills the first rows and
@@ -76,7 +76,7 @@ def load_allinone_checkpoint(
     holds arbitrary Python objects (old Lightning files may) is refused unless
     ``trust_pickle=True``, which unpickles it in full: only do that for files you trust.
     """
-    state = read_state_dict(path, trust_pickle)
+    state = read_state_dict(path, trust_pickle, ("state_dict", "model"))
     report = LoadReport()
     backbone, meta = {}, {}
     for key, value in state.items():

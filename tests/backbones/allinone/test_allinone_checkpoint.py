@@ -151,3 +151,14 @@ def test_file_without_weights_is_refused(tmp_path):
     torch.save({"epoch": 1, "notes": "nothing here"}, path)
     with pytest.raises(ValueError, match="state dict"):
         load_allinone_checkpoint(AllInOne(**TINY), path)
+
+
+def test_one_of_our_training_checkpoints_initialises_a_model(tmp_path):
+    torch.manual_seed(3)
+    trained = AllInOne(**TINY)
+    torch.save({"format": "meltr-train", "model": trained.state_dict()}, tmp_path / "last.pt")
+    model = AllInOne(**TINY)
+    report = load_allinone_checkpoint(model, tmp_path / "last.pt")
+    assert report.missing == [] and report.unexpected == []
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
