@@ -207,8 +207,8 @@ class VideoQA(_VideoFrames):
     Items: ``video``, ``text_ids`` / ``text_mask`` (the question), ``question``, ``answer``,
     ``answer_index``, ``video_id``, ``key`` (the sample key), and for multiple choice
     ``option_ids`` / ``option_mask`` int64 ``[K, L]``, the tokens of ``choice_text(question,
-    option, options)`` for each option; plus the extra ``arrays``. One item per sample, in training and
-    evaluation; training draws random frames then a random crop.
+    option, options)`` for each option; plus the extra ``arrays``. One item per sample, in
+    training and evaluation; training draws random frames then a random crop.
     """
 
     members = ("json", "mp4")
