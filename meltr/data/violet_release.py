@@ -33,7 +33,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -350,16 +350,8 @@ def _add(plan: Plan, entry: Entry, frames: dict, codes: dict | None, spec: Task)
             plan.missing.append(MissingItem(what, entry.split, reason))
             return
         video_codes = check_codes(codes[entry.video], len(frames[entry.video]), entry.video)
-    plan.entries[entry.split].append(
-        Entry(
-            entry.key,
-            entry.split,
-            entry.video,
-            entry.record,
-            tuple(frames[entry.video]),
-            video_codes,
-        )
-    )
+    frames_of_video = tuple(frames[entry.video])
+    plan.entries[entry.split].append(replace(entry, frames=frames_of_video, codes=video_codes))
 
 
 def materialise_entry(entry: Entry, size: int) -> Sample:
