@@ -197,8 +197,9 @@ class VideoCaptions(_VideoFrames):
         return self._items(sample, record, video, range(len(record["captions"])))
 
 
-def question_with_option(question: str, option: str) -> str:
-    """The default text of one multiple-choice option: the question followed by the option."""
+def question_with_option(question: str, option: str, options: Sequence[str]) -> str:
+    """The default text of one multiple-choice option: the question followed by the option
+    (``options``, all of the question's options, unused)."""
     return f"{question} {option}"
 
 
@@ -212,8 +213,8 @@ class VideoQA(_VideoFrames):
     Items: ``video``, ``text_ids`` / ``text_mask`` (the question), ``question``, ``answer``,
     ``answer_index``, ``video_id``, ``key`` (the sample key), and for multiple choice
     ``option_ids`` / ``option_mask`` int64 ``[K, L]``, the tokens of ``choice_text(question,
-    option)`` for each option; plus the extra ``arrays``. One item per sample, in training and
-    evaluation; training draws random frames then a random crop.
+    option, options)`` for each option; plus the extra ``arrays``. One item per sample, in
+    training and evaluation; training draws random frames then a random crop.
     """
 
     members = ("json", "mp4")
@@ -224,7 +225,7 @@ class VideoQA(_VideoFrames):
         num_frames: int = 5,
         image_size: int = 224,
         resize: int = 224,
-        choice_text: Callable[[str, str], str] = question_with_option,
+        choice_text: Callable[[str, str, Sequence[str]], str] = question_with_option,
         arrays: Sequence[str] = (),
     ) -> None:
         super().__init__(num_frames, image_size, resize)
@@ -259,7 +260,8 @@ class VideoQA(_VideoFrames):
             "key": sample["__key__"],
         }
         if "options" in record:
-            texts = [self.choice_text(record["question"], o) for o in record["options"]]
+            options = record["options"]
+            texts = [self.choice_text(record["question"], o, options) for o in options]
             item["option_ids"], item["option_mask"] = _text(self.tokenizer, texts)
         return item | _arrays(sample, self.arrays)
 

@@ -3,7 +3,8 @@
 import gin
 
 from meltr.tasks.classification import Classification
+from meltr.tasks.qa import QuestionAnswering
 from meltr.tasks.retrieval import Retrieval
 
-for task in (Retrieval, Classification):
+for task in (Retrieval, Classification, QuestionAnswering):
     gin.external_configurable(task, module="meltr.tasks")

@@ -6,7 +6,11 @@ masking, blockwise MVM video masking)."""
 from meltr.backbones.violet.checkpoint import load_video_swin_checkpoint, load_violet_checkpoint
 from meltr.backbones.violet.losses import VioletLoss
 from meltr.backbones.violet.model import Violet
-from meltr.backbones.violet.transforms import BlockwiseVideoMask, MaskTextTokens
+from meltr.backbones.violet.transforms import (
+    BlockwiseVideoMask,
+    MaskTextTokens,
+    release_choice_text,
+)
 
 __all__ = [
     "BlockwiseVideoMask",
@@ -15,4 +19,5 @@ __all__ = [
     "VioletLoss",
     "load_video_swin_checkpoint",
     "load_violet_checkpoint",
+    "release_choice_text",
 ]

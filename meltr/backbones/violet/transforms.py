@@ -1,11 +1,15 @@
 """Violet's per-item training transforms (docs/ARCHITECTURE.md, "Transforms"): text masking for
-MTM and blockwise video masking for MVM, as the release draws them.
+MTM and blockwise video masking for MVM, as the release draws them; and the text the release
+composes for each multiple-choice option (the decoder's ``choice_text``).
 
-Each is called as ``transform(item, generator) -> new dict`` on one decoded training item (no
-batch dimension), takes every random choice from ``generator`` and never mutates its input.
+Each transform is called as ``transform(item, generator) -> new dict`` on one decoded training
+item (no batch dimension), takes every random choice from ``generator`` and never mutates its
+input.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -16,6 +20,15 @@ from meltr.data.text import IGNORE_INDEX, MaskingVocab
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FILLS = ("black", "zero")
+
+
+def release_choice_text(question: str, option: str, options: Sequence[str]) -> str:
+    """The text of one multiple-choice option as MELTR's violet/ (and the Violet release) build
+    it: ``question + "Options: " + " ".join(options) + "Answer: " + option``, with no space
+    between the parts (so ``"... 3 times ?Options: jump roll ... fingersAnswer: roll"``: the
+    tokenizer splits "?" from "Options" but reads "fingersAnswer" as one word, as the release's
+    model saw it)."""
+    return f"{question}Options: {' '.join(options)}Answer: {option}"
 
 
 class MaskTextTokens:
