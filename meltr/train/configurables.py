@@ -4,8 +4,9 @@ Names as recipes write them: the run ``train`` (settings) and ``Recipe`` (compon
 ``MetaLearner``, ``MetaLossTransformer``, ``LinearMetaLoss`` and the baseline combiners
 (``FixedWeights``, ``UncertaintyWeighting``, ``DynamicWeightAverage``, ``RandomLossWeighting``,
 ``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``Unrolled``; the
-optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``); the schedules
-``warmup_linear_schedule`` and ``multistep_schedule``; ``Distributed``; the data side
+optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``); the
+schedules ``warmup_linear_schedule``, ``multistep_schedule`` and ``constant_schedule``;
+``Distributed``; the data side
 ``WordPieceTokenizer``, ``MaskTokens``, the decoders ``VideoCaptions``, ``VideoQA``,
 ``VideoLabel``, ``FeatureText``, ``ImageLabel``, the streams ``train_loader`` / ``eval_loader``
 and the built-in datasets ``synthetic_dataset`` / ``synthetic_data_dir`` / ``synthetic_vocab`` /
@@ -54,7 +55,11 @@ for solver in (solvers.Identity, solvers.Neumann, solvers.ConjugateGradient, sol
 
 for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
     gin.external_configurable(optimizer, module="torch.optim", denylist=["params"])
-for lr_schedule in (schedule.warmup_linear_schedule, schedule.multistep_schedule):
+for lr_schedule in (
+    schedule.warmup_linear_schedule,
+    schedule.multistep_schedule,
+    schedule.constant_schedule,
+):
     gin.external_configurable(
         lr_schedule, module="meltr.train", denylist=["optimizer", "total_steps"]
     )

@@ -58,3 +58,19 @@ def multistep_schedule(
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     steps = sorted(round(fraction * total_steps) for fraction in milestones)
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
+
+
+def constant_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Scheduler keeping every param group's base lr for all ``total_steps`` updates."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, ConstantMultiplier())
+
+
+class ConstantMultiplier:
+    """LR multiplier 1 for every update (a plain object, so LambdaLR's state_dict saves it)."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0

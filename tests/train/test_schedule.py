@@ -42,3 +42,20 @@ def test_bad_arguments_are_named(total, fraction):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError, match="total_steps|warmup_fraction"):
         warmup_linear_schedule(optimizer, total_steps=total, warmup_fraction=fraction)
+
+
+def test_constant_and_multistep_schedules_follow_their_formulas():
+    from meltr.train.schedule import constant_schedule, multistep_schedule
+
+    for make, expected in (
+        (lambda o: constant_schedule(o, total_steps=8), [1.0] * 8),
+        (lambda o: multistep_schedule(o, 8, (0.5, 0.75), 0.1), [1.0] * 4 + [0.1] * 2 + [0.01] * 2),
+    ):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        lr_schedule = make(optimizer)
+        seen = []
+        for _ in range(8):
+            seen.append(optimizer.param_groups[0]["lr"] / 2.0)
+            optimizer.step()
+            lr_schedule.step()
+        assert seen == pytest.approx(expected)

@@ -62,7 +62,8 @@ def load_allinone_checkpoint(
     once every check has passed, and report what happened.
 
     ``path`` holds a Lightning checkpoint (weights under ``"state_dict"``), one of our training
-    checkpoints (weights under ``"model"``: a run pretrained here) or a plain state dict. Adaptations: leading ``module.`` / ``model.`` prefixes are stripped; the HF
+    checkpoints (weights under ``"model"``: a run pretrained here) or a plain state dict.
+    Adaptations: leading ``module.`` / ``model.`` prefixes are stripped; the HF
     ``position_ids`` / ``token_type_ids`` buffers are dropped; ``itm_score.fc.*`` becomes
     ``vtm_score.*``; ``transformer.temporal_embed`` is cropped or zero-padded to the model's
     frame count; a longer text position table is cropped, a shorter one fills the first rows and

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meltr.backbones.losses import IGNORE_INDEX, masked_token_loss, require
+from meltr.backbones.losses import IGNORE_INDEX, check_tasks, masked_token_loss, require
 
 PRIMARY_TASKS = ("vtm", "qa", "cls")
 AUXILIARY_TASKS = ("vtm", "mtm", "mvm")
@@ -92,17 +92,7 @@ class VioletLoss:
         temperature: float = 0.05,
         masked_video_for_all: bool = False,
     ) -> None:
-        tasks = tuple(tasks)
-        if not tasks or tasks[0] not in PRIMARY_TASKS:
-            raise ValueError(f"tasks must start with a primary task {PRIMARY_TASKS}, got {tasks}")
-        unknown = [task for task in tasks[1:] if task not in AUXILIARY_TASKS]
-        if unknown:
-            raise ValueError(
-                f"unknown auxiliary task(s) {unknown} in tasks={tasks}; auxiliary tasks are "
-                f"{AUXILIARY_TASKS}"
-            )
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"tasks contains duplicates: {tasks}")
+        tasks = check_tasks(tasks, PRIMARY_TASKS, AUXILIARY_TASKS)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.tasks = tasks
