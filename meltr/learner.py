@@ -41,6 +41,9 @@ from meltr.solvers import Identity, Solver, Unrolled
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
+SCHEDULES = ("meltr", "release")
+EVICTIONS = ("oldest", "weighted")
+
 SKIP_REASONS = (
     "nonfinite_loss",  # a task loss (inner update skipped)
     "nonfinite_meta_loss",  # M or dM/dl at the step's losses (inner update skipped)
@@ -93,10 +96,13 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
 
 @dataclass
 class _Pass:
-    """One evaluation of a batch: the pinned loss function and its losses (graph kept)."""
+    """One evaluation of a batch: the pinned loss function, its ``[T]`` losses (graph kept) and
+    the primary loss as the loss source returned it (a backward from it alone skips the other
+    tasks' graphs, which a backward through ``values`` would traverse with zero gradients)."""
 
     losses: PinnedLosses
     values: torch.Tensor
+    primary: torch.Tensor
 
 
 class MetaLearner:
@@ -118,6 +124,18 @@ class MetaLearner:
         gamma: weight of the regularizer ``|M - sum_t l_t|`` in ``L_pri``.
         replay: number of recent training batches the meta step draws B_pri and B_aux from
             (independently, uniformly); 0 uses the current batch for both.
+        schedule: when meta steps run and which batches they may draw.
+            ``"meltr"``: before the inner update, on calls ``meta_every, 2 * meta_every, ...``
+            of ``step``; the current batch joins the buffer first, so it can be drawn (its
+            forward is then reused).
+            ``"release"`` (the MELTR release's loop): after the inner update, at the updated
+            weights, on calls ``1, meta_every + 1, 2 * meta_every + 1, ...`` (its iterations
+            0, K, 2K); draws come from the earlier batches only (the current batch while the
+            buffer is empty), and the current batch joins the buffer afterwards.
+        eviction: which buffered batch leaves when a new one exceeds ``replay``:
+            ``"oldest"`` (the UniVL release) or ``"weighted"`` (the All-in-one and Violet
+            releases: one of the ``replay`` older batches at random, the i-th oldest with
+            probability proportional to i).
         meta_grad_clip: max global norm of phi's gradient (None: no clipping).
         direct_grad: include the regularizer's direct ``dL_pri/dphi`` term.
         reduce: applied to the loss-derivative vector ``c`` and to each of phi's gradients
@@ -127,7 +145,12 @@ class MetaLearner:
             that returns global-batch loss values (``meltr.train.distributed.
             reduced_loss_source``) then makes every quantity phi sees identical on all ranks.
         replay_seed: seed of the dedicated generator for replay draws (the global RNG is
-            never used for them).
+            never used for them). Draws, in this order per step: the B_pri and B_aux indices
+            as ``torch.randint(len(buffer), (2,), generator=...)`` on meta steps (none while the
+            buffer is empty: ``replay=0``, or the first step under ``"release"``), then the
+            evicted index as
+            ``torch.multinomial(torch.arange(1., replay + 1), 1, generator=...)`` under
+            ``"weighted"`` eviction.
         check_parameters: after every inner update, check that the model's parameters are
             finite and raise ``NonFiniteParametersError`` if not (one pass over the weights).
 
@@ -156,6 +179,8 @@ class MetaLearner:
         meta_every: int = 5,
         gamma: float = 0.1,
         replay: int = 10,
+        schedule: str = "meltr",
+        eviction: str = "oldest",
         meta_grad_clip: float | None = 1.0,
         direct_grad: bool = True,
         reduce: Reduce | None = None,
@@ -168,6 +193,10 @@ class MetaLearner:
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
         if not _is_int(replay) or replay < 0:
             raise ValueError(f"replay must be an integer >= 0, got {replay!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {EVICTIONS}, got {eviction!r}")
         if meta_grad_clip is not None and (
             not _is_number(meta_grad_clip) or not meta_grad_clip > 0
         ):
@@ -192,6 +221,8 @@ class MetaLearner:
         self.meta_every = meta_every
         self.gamma = float(gamma)
         self.replay = replay
+        self.schedule = schedule
+        self.eviction = eviction
         self.meta_grad_clip = meta_grad_clip
         self.direct_grad = direct_grad
         self.reduce = _identity_reduce if reduce is None else reduce
@@ -205,7 +236,7 @@ class MetaLearner:
         self.consecutive_skips = 0
         self.last_skip: str | None = None
         self.generator = torch.Generator().manual_seed(replay_seed)
-        self.buffer: collections.deque = collections.deque(maxlen=max(replay, 1))
+        self.buffer: collections.deque = collections.deque()
 
     # ------------------------------------------------------------------ evaluation helpers
 
@@ -213,16 +244,28 @@ class MetaLearner:
     def _meta_dtype(self) -> torch.dtype:
         return next(self.meta_loss.parameters()).dtype
 
+    def _meta_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast off on the meta network's device: it is tiny, and its first and second
+        derivatives (recorded in backward with ``create_graph``) feed the hypergradient, so it
+        computes in its own precision even inside the caller's autocast region."""
+        return torch.autocast(next(self.meta_loss.parameters()).device.type, enabled=False)
+
     def _meta(self, losses: torch.Tensor) -> torch.Tensor:
         """``M(l; phi)`` with the graph to phi."""
-        return self.meta_loss(losses.to(self._meta_dtype))
+        with self._meta_precision():
+            return self.meta_loss(losses.to(self._meta_dtype))
 
     def _frozen_meta(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """``M(l; phi)`` with phi detached (for products that must not touch phi)."""
         detached = {n: p.detach() for n, p in self.meta_loss.named_parameters()}
-        return lambda losses: torch.func.functional_call(
-            self.meta_loss, detached, (losses.to(self._meta_dtype),)
-        )
+
+        def meta(losses: torch.Tensor) -> torch.Tensor:
+            with self._meta_precision():
+                return torch.func.functional_call(
+                    self.meta_loss, detached, (losses.to(self._meta_dtype),)
+                )
+
+        return meta
 
     def _set_keys(self, losses: dict) -> None:
         keys = list(losses.keys())
@@ -247,12 +290,13 @@ class MetaLearner:
         if self.keys is None:
             self._set_keys(raw)
         pinned = PinnedLosses(self.model, self.loss_source, batch, self.keys, rng)
-        return _Pass(pinned, stack_losses(raw, self.keys))
+        values = stack_losses(raw, self.keys)
+        return _Pass(pinned, values, raw[self.keys[0]].reshape(()))
 
     def _loss_derivative(self, values: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``dM/dl`` at ``values`` (detached), ``[T]``; graph to phi kept if ``create_graph``."""
         losses = values.detach().to(self._meta_dtype).requires_grad_()
-        with torch.enable_grad():
+        with torch.enable_grad(), self._meta_precision():
             meta = self._meta(losses)
             (grad,) = torch.autograd.grad(
                 meta, losses, create_graph=create_graph, allow_unused=True, materialize_grads=True
@@ -322,7 +366,7 @@ class MetaLearner:
         the current pass's graph); otherwise their activations are freed before the products."""
         params = self.params
         aux_values = aux.values.detach().to(self._meta_dtype).requires_grad_()
-        with torch.enable_grad():
+        with torch.enable_grad(), self._meta_precision():
             meta_aux = self._meta(aux_values)
             (dmeta_dl,) = torch.autograd.grad(
                 meta_aux, aux_values, create_graph=True, allow_unused=True, materialize_grads=True
@@ -333,25 +377,28 @@ class MetaLearner:
 
         # v = dL_pri/dw
         #   = grad l_0(B_pri) + gamma sign(M - sum l) sum_t (dM/dl_t - 1) grad l_t(B_aux)
-        primary_coeff = torch.zeros_like(primary.values)
-        primary_coeff[0] = 1.0
         aux_coeff = (self.gamma * sign * (dmeta_dl.detach() - 1.0)).to(aux.values.dtype)
         if aux is primary:
+            primary_coeff = torch.zeros_like(primary.values)
+            primary_coeff[0] = 1.0
             outputs, coeffs = [primary.values], [primary_coeff + aux_coeff]
-        elif self.gamma == 0.0:
-            outputs, coeffs = [primary.values], [primary_coeff]
         else:
-            outputs, coeffs = [primary.values, aux.values], [primary_coeff, aux_coeff]
+            # Only l_0 of B_pri enters L_pri: backward from it alone.
+            outputs = [primary.primary] + ([aux.values] if self.gamma != 0.0 else [])
+            coeffs = [torch.ones_like(primary.primary)] + [aux_coeff][: len(outputs) - 1]
         v = backward_gradients(outputs, coeffs, params, retain_graph=keep_graph)
 
         meta = self._frozen_meta()
         q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
-        c = self.reduce(self.products.loss_jvp(aux.losses, params, q).to(self._meta_dtype))
+        jvp = self.products.loss_jvp(aux.losses, params, q, values=aux.values.detach())
+        c = self.reduce(jvp.to(self._meta_dtype))
 
         objective = -(c.detach() * dmeta_dl).sum()
         if self.direct_grad:
             objective = objective + self.gamma * residual.abs()
-        return [self.reduce(g) for g in self._phi_grads(objective)], l_pri
+        with self._meta_precision():  # a backward through the meta network only
+            grads = self._phi_grads(objective)
+        return [self.reduce(g) for g in grads], l_pri
 
     def _unrolled_hypergradient(
         self, primary: PinnedLosses, aux: PinnedLosses
@@ -370,15 +417,16 @@ class MetaLearner:
     # ------------------------------------------------------------------ training step
 
     def step(self, batch: Any) -> dict[str, float]:
-        """One inner update of the model on ``M(l(w; batch); phi)``, preceded on every
-        ``meta_every``-th call by a meta update of phi.
+        """One inner update of the model on ``M(l(w; batch); phi)``, with a meta update of phi
+        before it (``schedule="meltr"``, every ``meta_every``-th call) or after it
+        (``schedule="release"``, calls 1, ``meta_every + 1``, ...).
 
-        A meta step whose primary and/or aux batch is the current batch reuses this step's
-        forward pass. A skipped inner update (non-finite task loss, ``M``, ``dM/dl`` or
-        gradient; see the class docstring) leaves the weights and the optimizer untouched, runs
-        no meta step and keeps no batch for replay. Returns flat float metrics:
-        ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``, ``skipped/<reason>`` (running totals)
-        and, on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
+        A meta step whose primary and/or aux batch is the current batch at the current weights
+        reuses this step's forward pass. A skipped inner update (non-finite task loss, ``M``,
+        ``dM/dl`` or gradient; see the class docstring) leaves the weights and the optimizer
+        untouched, runs no later meta step and keeps no batch for replay. Returns flat float
+        metrics: ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``, ``skipped/<reason>`` (running
+        totals) and, on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
 
         Raises:
             NonFiniteParametersError: ``check_parameters`` and a parameter became non-finite
@@ -392,11 +440,12 @@ class MetaLearner:
             bad = [k for k, v in zip(self.keys, values.detach(), strict=True) if not v.isfinite()]
             return metrics | self._skip("nonfinite_loss", f"task loss {', '.join(bad)}")
 
-        if self.meta_optimizer is not None:
+        meta_now = self.meta_optimizer is not None and self._is_meta_call()
+        if self.meta_optimizer is not None and self.schedule == "meltr":
             if self.replay > 0:
-                self.buffer.append(batch)
-            if self.step_count % self.meta_every == 0:
-                metrics |= self._meta_step(current)
+                self._remember(batch)
+            if meta_now:
+                metrics |= self._meta_step(current, list(self.buffer) or [batch])
 
         dmeta_dl = self._loss_derivative(values, create_graph=False)
         with torch.no_grad():
@@ -436,7 +485,30 @@ class MetaLearner:
         after_update = getattr(self.meta_loss, "after_update", None)
         if after_update is not None:
             after_update(values.detach(), lambda: self._losses_without_graph(current))
+        if self.meta_optimizer is not None and self.schedule == "release":
+            # After the update: the step's pass is at the old weights, nothing of it is reused.
+            if meta_now:
+                metrics |= self._meta_step(None, list(self.buffer) or [batch])
+            if self.replay > 0:
+                self._remember(batch)
         return metrics | self._skip_metrics()
+
+    def _is_meta_call(self) -> bool:
+        if self.schedule == "release":
+            return (self.step_count - 1) % self.meta_every == 0
+        return self.step_count % self.meta_every == 0
+
+    def _remember(self, batch: Any) -> None:
+        """Append ``batch`` to the replay buffer, evicting one batch beyond ``replay``."""
+        self.buffer.append(batch)
+        if len(self.buffer) <= self.replay:
+            return
+        if self.eviction == "oldest":
+            self.buffer.popleft()
+            return
+        weights = torch.arange(1.0, self.replay + 1, dtype=torch.float64)
+        index = int(torch.multinomial(weights, 1, generator=self.generator))
+        del self.buffer[index]
 
     def _losses_without_graph(self, current: _Pass) -> torch.Tensor:
         """The losses of ``current``'s batch at the live weights, no graph, no side effects."""
@@ -453,13 +525,17 @@ class MetaLearner:
     def _skip_metrics(self) -> dict[str, float]:
         return {f"skipped/{k}": float(v) for k, v in self.skipped.items()}
 
-    def _meta_step(self, current: _Pass) -> dict[str, float]:
+    def _meta_step(self, current: _Pass | None, candidates: list) -> dict[str, float]:
+        """One meta update with B_pri and B_aux drawn from ``candidates`` (the replay buffer,
+        or the current batch alone: ``replay=0``, or an empty buffer under ``"release"``);
+        ``current``: the step's pass at the current weights, reused when a drawn batch is its
+        batch (None when the weights have moved since)."""
         start = time.perf_counter()
-        if self.replay == 0:
-            primary_batch = aux_batch = current.losses.batch
+        if not self.buffer:
+            primary_batch = aux_batch = candidates[0]
         else:
-            i, j = torch.randint(len(self.buffer), (2,), generator=self.generator).tolist()
-            primary_batch, aux_batch = self.buffer[i], self.buffer[j]
+            i, j = torch.randint(len(candidates), (2,), generator=self.generator).tolist()
+            primary_batch, aux_batch = candidates[i], candidates[j]
         with self._no_side_effects():
             grads, l_pri = self._hypergradient(primary_batch, aux_batch, current)
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))

@@ -66,7 +66,6 @@ import meltr
 from meltr.objective import math_attention
 from meltr.solvers import ConjugateGradient, Identity, Neumann, Unrolled
 
-WIDTH, LAYERS, HEADS, SEQ, BATCH, VOCAB = 256, 4, 4, 64, 8, 512
 GAMMA = 0.1
 POWER_ITERATIONS = 10
 DAMPING_OVER_RADIUS = 2.0
@@ -77,17 +76,34 @@ REFERENCE = "reference recipe (authors': 2 forwards, double backward, H^-1 = I)"
 Vector = list[torch.Tensor]
 
 
+@dataclass(frozen=True)
+class TransformerSize:
+    """Sizes of the benchmark transformer and its batch (``batch`` sequences of ``seq``
+    tokens); the defaults are this benchmark's."""
+
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    seq: int = 64
+    batch: int = 8
+    vocab: int = 512
+
+
+SMALL = TransformerSize()
+
+
 class Block(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
-        self.qkv, self.proj = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
-        self.fc1, self.fc2 = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, n, d = h.shape
         q, k, v = (
-            t.reshape(b, n, HEADS, -1).transpose(1, 2)
+            t.reshape(b, n, self.heads, -1).transpose(1, 2)
             for t in self.qkv(self.norm1(h)).chunk(3, dim=-1)
         )
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
@@ -96,13 +112,17 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, size: TransformerSize = SMALL) -> None:
         super().__init__()
-        self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.blocks = nn.Sequential(*[Block() for _ in range(LAYERS)])
-        self.norm = nn.LayerNorm(WIDTH)
-        self.lm_head = nn.Linear(WIDTH, VOCAB)
-        self.cls_head = nn.Linear(WIDTH, 4)
+        self.embed = nn.Embedding(size.vocab, size.width)
+        self.blocks = nn.Sequential(*[Block(size.width, size.heads) for _ in range(size.layers)])
+        self.norm = nn.LayerNorm(size.width)
+        self.lm_head = nn.Linear(size.width, size.vocab)
+        self.cls_head = nn.Linear(size.width, 4)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The transformer blocks (the units activation checkpointing recomputes)."""
+        return list(self.blocks)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.norm(self.blocks(self.embed(ids)))
@@ -118,11 +138,11 @@ def loss_source(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def make_batch() -> dict:
-    g = torch.Generator().manual_seed(0)
+def make_batch(size: TransformerSize = SMALL, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
     return {
-        "ids": torch.randint(VOCAB, (BATCH, SEQ), generator=g),
-        "label": torch.randint(4, (BATCH,), generator=g),
+        "ids": torch.randint(size.vocab, (size.batch, size.seq), generator=g),
+        "label": torch.randint(4, (size.batch,), generator=g),
     }
 
 
@@ -406,7 +426,8 @@ def main() -> None:
 
     print(
         f"CPU ({torch.get_num_threads()} torch thread(s)), torch {torch.__version__}; backbone "
-        f"{LAYERS} layers x width {WIDTH}, seq {SEQ}, batch {BATCH}, {param_mb:.1f} MB of "
+        f"{SMALL.layers} layers x width {SMALL.width}, seq {SMALL.seq}, batch {SMALL.batch}, "
+        f"{param_mb:.1f} MB of "
         f"parameters; min and median of {repeats} interleaved rounds.\n"
         f"Damped reference: spectral radius of H ~ {reference.radius:.4g} "
         f"({POWER_ITERATIONS} power iterations), lambda = {damping:.4g}, float64 CG "
