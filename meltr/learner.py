@@ -35,7 +35,14 @@ from meltr.objective import (
     restore_rng,
     stack_losses,
 )
-from meltr.products import backward_gradients, make_products
+from meltr.products import (
+    TaskGradients,
+    backward_gradients,
+    combine,
+    make_products,
+    refuse_data_parallel,
+    task_gradients,
+)
 from meltr.solvers import Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -97,12 +104,22 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
 @dataclass
 class _Pass:
     """One evaluation of a batch: the pinned loss function, its ``[T]`` losses (graph kept) and
-    the primary loss as the loss source returned it (a backward from it alone skips the other
-    tasks' graphs, which a backward through ``values`` would traverse with zero gradients)."""
+    the task losses as the loss source returned them (a backward from one of them traverses that
+    task's graph only; a backward through ``values`` traverses all, with zero gradients)."""
 
     losses: PinnedLosses
     values: torch.Tensor
-    primary: torch.Tensor
+    tasks: list[torch.Tensor]
+
+
+@dataclass
+class _Hypergradient:
+    """A hypergradient, its ``L_pri`` and, when they were computed for the training step's pass
+    (``products="task_gradients"`` with that pass as aux), the per-task gradients there."""
+
+    grads: list[torch.Tensor]
+    l_pri: float
+    current_task_gradients: list[list[torch.Tensor]] | None = None
 
 
 class MetaLearner:
@@ -291,7 +308,7 @@ class MetaLearner:
             self._set_keys(raw)
         pinned = PinnedLosses(self.model, self.loss_source, batch, self.keys, rng)
         values = stack_losses(raw, self.keys)
-        return _Pass(pinned, values, raw[self.keys[0]].reshape(()))
+        return _Pass(pinned, values, [raw[key].reshape(()) for key in self.keys])
 
     def _loss_derivative(self, values: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``dM/dl`` at ``values`` (detached), ``[T]``; graph to phi kept if ``create_graph``."""
@@ -339,13 +356,13 @@ class MetaLearner:
         ``primary_batch is aux_batch`` the losses are computed once.
         """
         with self._no_side_effects():
-            return self._hypergradient(primary_batch, aux_batch, current=None)[0]
+            return self._hypergradient(primary_batch, aux_batch, current=None).grads
 
     def _hypergradient(
         self, primary_batch: Any, aux_batch: Any, current: _Pass | None
-    ) -> tuple[list[torch.Tensor], float]:
-        """(hypergradient, L_pri). ``current``, if given, is a pass whose batch object may be
-        reused for either side instead of evaluating it again."""
+    ) -> _Hypergradient:
+        """``current``, if given, is a pass whose batch object may be reused for either side
+        instead of evaluating it again."""
 
         def evaluate(batch: Any) -> _Pass:
             if current is not None and batch is current.losses.batch:
@@ -355,15 +372,14 @@ class MetaLearner:
         primary = evaluate(primary_batch)
         aux = primary if aux_batch is primary_batch else evaluate(aux_batch)
         if isinstance(self.solver, Unrolled):
-            return self._unrolled_hypergradient(primary.losses, aux.losses)
-        reuses_current = current is not None and (current is primary or current is aux)
-        return self._implicit_hypergradient(primary, aux, keep_graph=reuses_current)
+            return _Hypergradient(*self._unrolled_hypergradient(primary.losses, aux.losses))
+        return self._implicit_hypergradient(primary, aux, current)
 
     def _implicit_hypergradient(
-        self, primary: _Pass, aux: _Pass, keep_graph: bool
-    ) -> tuple[list[torch.Tensor], float]:
-        """``keep_graph``: keep the passes' graphs after taking v (the training step still needs
-        the current pass's graph); otherwise their activations are freed before the products."""
+        self, primary: _Pass, aux: _Pass, current: _Pass | None
+    ) -> _Hypergradient:
+        """The graph of ``current`` (the training step's pass) is kept after taking v when the
+        inner update still needs it; the other graphs are freed before the products."""
         params = self.params
         aux_values = aux.values.detach().to(self._meta_dtype).requires_grad_()
         with torch.enable_grad(), self._meta_precision():
@@ -378,27 +394,69 @@ class MetaLearner:
         # v = dL_pri/dw
         #   = grad l_0(B_pri) + gamma sign(M - sum l) sum_t (dM/dl_t - 1) grad l_t(B_aux)
         aux_coeff = (self.gamma * sign * (dmeta_dl.detach() - 1.0)).to(aux.values.dtype)
+        if isinstance(self.products, TaskGradients):
+            return self._task_gradient_hypergradient(
+                primary, aux, current, dmeta_dl, residual, aux_coeff, l_pri
+            )
+        keep_graph = current is not None and (current is primary or current is aux)
         if aux is primary:
             primary_coeff = torch.zeros_like(primary.values)
             primary_coeff[0] = 1.0
             outputs, coeffs = [primary.values], [primary_coeff + aux_coeff]
         else:
             # Only l_0 of B_pri enters L_pri: backward from it alone.
-            outputs = [primary.primary] + ([aux.values] if self.gamma != 0.0 else [])
-            coeffs = [torch.ones_like(primary.primary)] + [aux_coeff][: len(outputs) - 1]
+            outputs = [primary.tasks[0]] + ([aux.values] if self.gamma != 0.0 else [])
+            coeffs = [torch.ones_like(primary.tasks[0])] + [aux_coeff][: len(outputs) - 1]
         v = backward_gradients(outputs, coeffs, params, retain_graph=keep_graph)
 
         meta = self._frozen_meta()
         q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
         jvp = self.products.loss_jvp(aux.losses, params, q, values=aux.values.detach())
-        c = self.reduce(jvp.to(self._meta_dtype))
+        return _Hypergradient(self._phi_hypergradient(jvp, dmeta_dl, residual), l_pri)
 
+    def _task_gradient_hypergradient(
+        self,
+        primary: _Pass,
+        aux: _Pass,
+        current: _Pass | None,
+        dmeta_dl: torch.Tensor,
+        residual: torch.Tensor,
+        aux_coeff: torch.Tensor,
+        l_pri: float,
+    ) -> _Hypergradient:
+        """``products="task_gradients"``: v and c from the aux pass's per-task gradients."""
+        refuse_data_parallel(self.products.name)
+        params = self.params
+        # The inner update takes its gradient from these when aux is the current pass; it
+        # needs the current graph only when the current pass is B_pri alone.
+        gradients = task_gradients(aux.tasks, params)
+        coefficients = aux_coeff.tolist()
+        if aux is primary:
+            coefficients[0] += 1.0
+            v = combine(coefficients, gradients)
+        else:
+            keep = current is primary
+            one = torch.ones_like(primary.tasks[0])
+            v = backward_gradients([primary.tasks[0]], [one], params, retain_graph=keep)
+            if self.gamma != 0.0:
+                torch._foreach_add_(v, combine(coefficients, gradients))
+        meta = self._frozen_meta()
+        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), v)
+        jvp = self.products.loss_jvp(aux.losses, params, q, gradients=gradients)
+        grads = self._phi_hypergradient(jvp, dmeta_dl, residual)
+        return _Hypergradient(grads, l_pri, gradients if current is aux else None)
+
+    def _phi_hypergradient(
+        self, jvp: torch.Tensor, dmeta_dl: torch.Tensor, residual: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """``direct - d/dphi sum_t c_t dM/dl_t`` from ``c = reduce(jvp)``."""
+        c = self.reduce(jvp.to(self._meta_dtype))
         objective = -(c.detach() * dmeta_dl).sum()
         if self.direct_grad:
             objective = objective + self.gamma * residual.abs()
         with self._meta_precision():  # a backward through the meta network only
             grads = self._phi_grads(objective)
-        return [self.reduce(g) for g in grads], l_pri
+        return [self.reduce(g) for g in grads]
 
     def _unrolled_hypergradient(
         self, primary: PinnedLosses, aux: PinnedLosses
@@ -441,11 +499,13 @@ class MetaLearner:
             return metrics | self._skip("nonfinite_loss", f"task loss {', '.join(bad)}")
 
         meta_now = self.meta_optimizer is not None and self._is_meta_call()
+        reused = None  # per-task gradients at this pass, from the meta step
         if self.meta_optimizer is not None and self.schedule == "meltr":
             if self.replay > 0:
                 self._remember(batch)
             if meta_now:
-                metrics |= self._meta_step(current, list(self.buffer) or [batch])
+                meta_metrics, reused = self._meta_step(current, list(self.buffer) or [batch])
+                metrics |= meta_metrics
 
         dmeta_dl = self._loss_derivative(values, create_graph=False)
         with torch.no_grad():
@@ -464,7 +524,11 @@ class MetaLearner:
         # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
         for _, p in self.params:
             p.grad = None
-        values.backward(dmeta_dl.to(values.dtype))
+        if reused is None:
+            values.backward(dmeta_dl.to(values.dtype))
+        else:  # the same backward, already taken task by task in the meta step
+            for (_, p), grad in zip(self.params, combine(dmeta_dl.tolist(), reused), strict=True):
+                p.grad = grad
         bad_grad = _first_nonfinite((n, p.grad) for n, p in self.params)
         if bad_grad is not None:
             for _, p in self.params:
@@ -488,7 +552,7 @@ class MetaLearner:
         if self.meta_optimizer is not None and self.schedule == "release":
             # After the update: the step's pass is at the old weights, nothing of it is reused.
             if meta_now:
-                metrics |= self._meta_step(None, list(self.buffer) or [batch])
+                metrics |= self._meta_step(None, list(self.buffer) or [batch])[0]
             if self.replay > 0:
                 self._remember(batch)
         return metrics | self._skip_metrics()
@@ -525,11 +589,14 @@ class MetaLearner:
     def _skip_metrics(self) -> dict[str, float]:
         return {f"skipped/{k}": float(v) for k, v in self.skipped.items()}
 
-    def _meta_step(self, current: _Pass | None, candidates: list) -> dict[str, float]:
+    def _meta_step(
+        self, current: _Pass | None, candidates: list
+    ) -> tuple[dict[str, float], list[list[torch.Tensor]] | None]:
         """One meta update with B_pri and B_aux drawn from ``candidates`` (the replay buffer,
         or the current batch alone: ``replay=0``, or an empty buffer under ``"release"``);
         ``current``: the step's pass at the current weights, reused when a drawn batch is its
-        batch (None when the weights have moved since)."""
+        batch (None when the weights have moved since). Returns the metrics and the per-task
+        gradients at ``current`` if the hypergradient computed them."""
         start = time.perf_counter()
         if not self.buffer:
             primary_batch = aux_batch = candidates[0]
@@ -537,7 +604,8 @@ class MetaLearner:
             i, j = torch.randint(len(candidates), (2,), generator=self.generator).tolist()
             primary_batch, aux_batch = candidates[i], candidates[j]
         with self._no_side_effects():
-            grads, l_pri = self._hypergradient(primary_batch, aux_batch, current)
+            result = self._hypergradient(primary_batch, aux_batch, current)
+        grads, l_pri = result.grads, result.l_pri
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
         metrics = {"meta/L_pri": l_pri, "meta/hypergrad_norm": norm}
         if not math.isfinite(norm):
@@ -563,7 +631,7 @@ class MetaLearner:
                     f"nonfinite_phi: meta step {self.step_count} would make {bad_phi} non-finite"
                 )
         metrics["meta/seconds"] = time.perf_counter() - start
-        return metrics
+        return metrics, result.current_task_gradients
 
     # ------------------------------------------------------------------ state
 

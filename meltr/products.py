@@ -34,6 +34,15 @@ Backends:
   (the learner's forward with graph; a no-grad forward when not given). ``ONE_SIDED_JVP_STEP =
   1/32``. First-order truncation: errors of 1e-4 to 1e-2 in float32 on the benchmark models and
   above 1e-2 under bf16 autocast (``tools/bench_scale.py --accuracy``). HVPs are central.
+- ``task_gradients``: ``loss_jvp`` exactly, as ``c_t = g_t . q`` from each task's own gradient
+  ``g_t = dl_t/dw`` (one backward per task instead of finite differences; the learner takes
+  them from the aux pass it already has and, when that pass is the training step's, the inner
+  update reuses them instead of a backward of its own). A backward from one task traverses only
+  that task's part of the graph, so the T backwards cost one backward when the tasks' graphs
+  are disjoint (All-in-one: ``itc`` from the text and video passes, ``mlm`` from the joint
+  pass) and up to T backwards when they share a trunk. Memory: T gradients instead of one.
+  Single process only (data-parallel wrappers reduce gradients once per backward, and DDP waits
+  for the parameters a task does not use). HVPs are central finite differences.
 - ``forward``: ``torch.func.jvp`` over ``torch.func.functional_call`` (exact); the HVP is
   forward-over-reverse. Runs under the math attention kernel.
 - ``autograd``: reverse mode only, classic double backward through the backbone for both
@@ -293,6 +302,101 @@ class FiniteDifference:
         return _difference(plus, minus, 2.0 * eps)
 
 
+def _graph_nodes(output: torch.Tensor) -> set:
+    """The autograd nodes a backward from ``output`` runs, parameters' ``AccumulateGrad``
+    nodes left out."""
+    seen: set = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or hasattr(node, "variable"):  # a leaf's accumulator
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+def task_gradients(
+    tasks: Sequence[torch.Tensor], params: NamedParams, retain_graph: bool = False
+) -> list[list[torch.Tensor]]:
+    """``[d tasks[t] / d params for t]``, one ``backward`` from each scalar (see
+    ``backward_gradients``). A task's graph is kept for the later tasks only where they share
+    nodes (or with ``retain_graph``), so disjoint graphs are freed task by task."""
+    nodes = [_graph_nodes(task) for task in tasks]
+    gradients = []
+    for index, task in enumerate(tasks):
+        later = set().union(*nodes[index + 1 :])
+        retain = retain_graph or not nodes[index].isdisjoint(later)
+        gradients.append(
+            backward_gradients([task], [torch.ones_like(task)], params, retain_graph=retain)
+        )
+    return gradients
+
+
+def combine(
+    coefficients: Sequence[float], gradients: Sequence[Sequence[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """``sum_t coefficients[t] * gradients[t]`` (new tensors)."""
+    total = torch._foreach_mul(list(gradients[0]), float(coefficients[0]))
+    for coefficient, gradient in zip(coefficients[1:], gradients[1:], strict=True):
+        torch._foreach_add_(total, list(gradient), alpha=float(coefficient))
+    return total
+
+
+def refuse_data_parallel(products: str) -> None:
+    """RuntimeError when a process group of several ranks is running."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise RuntimeError(
+            f"products={products!r} runs one backward per task and is single-process only "
+            "(data-parallel wrappers reduce gradients once per backward; DDP waits for the "
+            "parameters a task does not use): use products='finite_difference'"
+        )
+
+
+class TaskGradients:
+    """Exact JVPs from the tasks' own gradients, central finite-difference HVPs; see the module
+    docstring."""
+
+    name = "task_gradients"
+
+    def loss_jvp(
+        self,
+        losses: PinnedLosses,
+        params: NamedParams,
+        tangent: Sequence[torch.Tensor],
+        values: torch.Tensor | None = None,
+        gradients: Sequence[Sequence[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """``c_t = g_t . q``; ``gradients``: the ``g_t`` when the caller has them (otherwise a
+        forward with graph and one backward per task, each through the whole graph)."""
+        refuse_data_parallel(self.name)
+        if gradients is None:
+            with torch.enable_grad():
+                stacked = losses()
+            eye = torch.eye(len(stacked), dtype=stacked.dtype, device=stacked.device)
+            gradients = [
+                backward_gradients([stacked], [row], params, retain_graph=True) for row in eye
+            ]
+        return torch.stack(
+            [
+                sum(
+                    torch.dot(g.reshape(-1), t.reshape(-1))
+                    for g, t in zip(grads, tangent, strict=True)
+                )
+                for grads in gradients
+            ]
+        )
+
+    def hvp(
+        self,
+        losses: PinnedLosses,
+        params: NamedParams,
+        meta: MetaFn,
+        tangent: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        return FiniteDifference().hvp(losses, params, meta, tangent)
+
+
 class Forward:
     """Exact forward-mode products through ``torch.func`` under the math attention kernel."""
 
@@ -365,12 +469,15 @@ class Autograd:
 PRODUCTS = {
     "finite_difference": FiniteDifference,
     "finite_difference_one_sided": lambda: FiniteDifference(one_sided=True),
+    "task_gradients": TaskGradients,
     "forward": Forward,
     "autograd": Autograd,
 }
 
+Products = FiniteDifference | TaskGradients | Forward | Autograd
 
-def make_products(name: str) -> FiniteDifference | Forward | Autograd:
+
+def make_products(name: str) -> Products:
     """The products backend called ``name``; ValueError listing the valid names otherwise."""
     if name not in PRODUCTS:
         raise ValueError(f"unknown products {name!r}; expected one of {sorted(PRODUCTS)}")

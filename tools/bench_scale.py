@@ -237,6 +237,7 @@ ROW_NAMES = {
     "release": "release recipe (double backward, H^-1 = I, math attention)",
     "central": "Identity + finite_difference (central)",
     "one_sided": "Identity + finite_difference_one_sided",
+    "task_gradients": "Identity + task_gradients",
     "neumann": "Neumann(3) + finite_difference",
     "cg": "ConjugateGradient(5) + finite_difference",
 }
@@ -291,6 +292,7 @@ def make_rows(workload: Workload, setup: Setup, rows: Sequence[str]) -> dict[str
     solvers = {
         "central": (Identity(), "finite_difference"),
         "one_sided": (Identity(), "finite_difference_one_sided"),
+        "task_gradients": (Identity(), "task_gradients"),
         "neumann": (Neumann(steps=3, alpha=1.0), "finite_difference"),
         "cg": (ConjugateGradient(maxiter=5, tol=0.0), "finite_difference"),
     }
@@ -438,7 +440,7 @@ def target_lines(
     """The issue's targets for the default products and the one-sided option."""
     plain, release = results.get("plain"), results.get("release")
     lines = []
-    for name in ("central", "one_sided"):
+    for name in ("central", "one_sided", "task_gradients"):
         result = results.get(name)
         if result is None or result.error is not None or plain is None or not plain.times:
             continue
@@ -541,7 +543,7 @@ def relative_error(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tens
     return float((a - e).norm() / e.norm())
 
 
-ACCURACY_PRODUCTS = ("finite_difference", "finite_difference_one_sided")
+ACCURACY_PRODUCTS = ("finite_difference", "finite_difference_one_sided", "task_gradients")
 
 
 def accuracy_lines(
@@ -578,7 +580,7 @@ def accuracy_lines(
                     for p in ("forward", *ACCURACY_PRODUCTS)
                 ]
             else:
-                cells += ["—"] * 3
+                cells += ["—"] * (1 + len(ACCURACY_PRODUCTS))
             label = "bf16 autocast" if bf16 else "float32"
             lines.append(f"| {name} | {pairing} | {label} | " + " | ".join(cells) + " |")
             print(f"  {name}, {pairing}, {label} done {time.strftime('%H:%M:%S')}", flush=True)
@@ -672,8 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(target_lines(results, activations, param_mb, setup.device)) + "\n")
     if accuracy:
         print(
-            "\n| model | batches | precision | central | one-sided | bf16 vs float32: forward "
-            "| central | one-sided |\n|---|---|---|---|---|---|---|---|"
+            "\n| model | batches | precision | central | one-sided | task gradients "
+            "| bf16 vs float32: forward | central | one-sided | task gradients |\n"
+            "|---|---|---|---|---|---|---|---|---|"
         )
         print("\n".join(accuracy))
     return 0

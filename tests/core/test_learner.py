@@ -254,6 +254,9 @@ def _assert_same(a, b):
     ("solver", "products"),
     [
         (Identity(), "finite_difference"),
+        (Identity(), "finite_difference_one_sided"),
+        (Identity(), "task_gradients"),
+        (ConjugateGradient(maxiter=3), "task_gradients"),
         (ConjugateGradient(maxiter=3), "finite_difference"),
         (ConjugateGradient(maxiter=3), "forward"),
         (Identity(), "autograd"),
@@ -606,3 +609,81 @@ def test_release_schedule_draws_exclude_the_current_batch():
 def test_invalid_schedule_and_eviction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _learner(**kwargs)
+
+
+# ---------------------------------------------------------------- task-gradient products
+
+
+def _double_learner(products, **kwargs):
+    torch.manual_seed(0)
+    model, meta = MLP(dtype=torch.float64), _meta_transformer().double()
+    return _learner(
+        model,
+        meta,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        meta_optimizer=torch.optim.Adam(meta.parameters(), lr=0.05),
+        products=products,
+        gamma=0.3,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("replay", [0, 2])
+def test_task_gradient_steps_match_exact_double_backward_steps(replay):
+    """Training with products="task_gradients" (the inner update reusing the meta step's
+    per-task gradients whenever its aux batch is the current one) follows the same weights and
+    phi as training with exact double-backward products and an ordinary inner backward."""
+    batches = [mlp_batch(20 + i, torch.float64) for i in range(5)]
+    runs = {}
+    for products in ("task_gradients", "autograd"):
+        learner = _double_learner(products, meta_every=2, replay=replay)
+        for batch in batches:
+            learner.step(batch)
+        runs[products] = [p.detach() for p in learner.model.parameters()]
+        runs[products] += [p.detach() for p in learner.meta_loss.parameters()]
+    for a, b in zip(runs["task_gradients"], runs["autograd"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _counting_identity(calls: dict, key: str):
+    class Count(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            calls[key] += 1
+            return grad
+
+    return Count.apply
+
+
+def test_task_gradients_take_one_backward_per_task_per_meta_step():
+    """The meta step's per-task backwards give v, c and the inner update's gradient, so a
+    backward passes each task's loss once per step (with central finite differences twice: for
+    v and for the update)."""
+
+    def per_step(products):
+        calls = dict.fromkeys(["primary", "aux_a", "aux_b"], 0)
+        marks = {key: _counting_identity(calls, key) for key in calls}
+
+        def source(model, batch):
+            return {k: marks[k](v) for k, v in mlp_source(model, batch).items()}
+
+        learner = _learner(meta_every=1, replay=0, products=products, loss_source=source)
+        learner.step(mlp_batch(0))
+        calls.update(dict.fromkeys(calls, 0))
+        learner.step(mlp_batch(1))
+        return calls
+
+    assert per_step("task_gradients") == {"primary": 1, "aux_a": 1, "aux_b": 1}
+    assert per_step("finite_difference") == {"primary": 2, "aux_a": 2, "aux_b": 2}
+
+
+def test_task_gradients_refuse_data_parallel(monkeypatch):
+    learner = _learner(products="task_gradients")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    with pytest.raises(RuntimeError, match="single-process only"):
+        learner.hypergradient(mlp_batch(0), mlp_batch(1))
