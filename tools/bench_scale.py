@@ -269,7 +269,7 @@ def release_hypergradient(
     phi = list(meta.parameters())
     primary = next(iter(workload.primary_source(workload.model, primary_batch).values()))
     train = torch.stack(list(workload.loss_source(workload.model, aux_batch).values()))
-    meta_value = meta(train.float())
+    meta_value = meta(train.to(next(meta.parameters()).dtype))
     val = primary + GAMMA * (train.sum() - meta_value).abs()
     d_val = torch.autograd.grad(val, weights, retain_graph=True, allow_unused=True)
     d_train = torch.autograd.grad(meta_value, weights, create_graph=True, allow_unused=True)
