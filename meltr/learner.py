@@ -136,7 +136,11 @@ class MetaLearner:
         meta_optimizer: torch optimizer over ``meta_loss``'s parameters, or None for the
             baselines without meta-learning (no meta steps, no replay buffer).
         solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | Unrolled``.
-        products: ``"finite_difference" | "forward" | "autograd"`` (see ``meltr.products``).
+        products: ``"finite_difference"`` (central differences, the default),
+            ``"finite_difference_one_sided"`` (one perturbed forward; reuses the aux pass's loss
+            values; less accurate), ``"task_gradients"`` (exact ``c`` from one backward per
+            task; cheapest when the tasks' graphs are disjoint, single process only),
+            ``"forward"`` or ``"autograd"`` (see ``meltr.products``).
         meta_every: a meta update on every ``meta_every``-th call of ``step``.
         gamma: weight of the regularizer ``|M - sum_t l_t|`` in ``L_pri``.
         replay: number of recent training batches the meta step draws B_pri and B_aux from
@@ -480,7 +484,9 @@ class MetaLearner:
         (``schedule="release"``, calls 1, ``meta_every + 1``, ...).
 
         A meta step whose primary and/or aux batch is the current batch at the current weights
-        reuses this step's forward pass. A skipped inner update (non-finite task loss, ``M``,
+        reuses this step's forward pass; with ``products="task_gradients"`` and this step's pass
+        as aux, the inner update also reuses the meta step's per-task gradients instead of a
+        backward of its own. A skipped inner update (non-finite task loss, ``M``,
         ``dM/dl`` or gradient; see the class docstring) leaves the weights and the optimizer
         untouched, runs no later meta step and keeps no batch for replay. Returns flat float
         metrics: ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``, ``skipped/<reason>`` (running

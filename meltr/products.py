@@ -19,21 +19,24 @@ Backends:
   the coordinates ``q`` moves. Scaling by ``||w||`` instead is wrong for networks whose weight
   norm sits in coordinates ``q`` barely touches (token embeddings): the step then grows large
   against the weights that matter and truncation error dominates. When ``w`` is zero wherever
-  ``q`` is not, the perturbation's norm is that same fraction instead. ``factor``:
-  ``CENTRAL_JVP_STEP = 1/16`` for ``loss_jvp`` (2.2e-5 in float32), measured with
-  ``tools/bench_scale.py --accuracy``: the hypergradient's relative error against ``forward``
-  products in float32 stays below 1e-3 on the small benchmark transformer, the BERT-base-sized
-  one and All-in-one ViT-B/16, where the earlier ``1/2`` left 1.1e-2 on All-in-one (truncation)
-  and ``1/64`` 5e-3 on the small transformer (rounding); ``HVP_STEP = 1/2`` for ``hvp``
-  (``tools/bench_hypergrad.py``: 2e-5 against autograd products). Rounding bounds the error
-  from below where few weights average it out: about 5e-3 on a 6-weight quadratic in float32.
-  Under bf16 autocast the weights' bf16 copies quantise the perturbation; errors there are
-  about 1e-3 to 1e-2 at any step.
+  ``q`` is not, the perturbation's norm is that same fraction instead. The fraction
+  (``relative_step``): for ``loss_jvp`` ``CENTRAL_JVP_STEP * cbrt(machine_eps)`` (2.2e-5 in
+  float32, 2.7e-8 in float64), measured with ``tools/bench_scale.py --accuracy``: the
+  hypergradient's relative error against ``forward`` products in float32 stays below 1e-3 on
+  the small benchmark transformer, the BERT-base-sized one and All-in-one ViT-B/16, where the
+  earlier 1.7e-4 left 1.1e-2 on All-in-one (truncation) and 2.7e-6 left 5e-3 on the small
+  transformer (rounding); for ``hvp`` ``sqrt(machine_eps) / 2`` (1.7e-4 in float32;
+  ``tools/bench_hypergrad.py``: about 2e-5 against autograd products). Rounding bounds the
+  error from below where few weights average it out: about 5e-3 on a 6-weight quadratic in
+  float32. Under autocast the weights' bf16 copies quantise the perturbation: ``loss_jvp``
+  takes 1.7e-4 there (errors of 2e-4 to 1e-2 against bf16 ``forward`` products, which
+  themselves differ from float32 ones by 2e-3 to 6e-3).
 - ``finite_difference_one_sided``: ``loss_jvp`` as ``(l(w + eps q) - l(w)) / eps``, one
   perturbed forward instead of two; ``l(w)`` is the ``values`` the caller already computed
-  (the learner's forward with graph; a no-grad forward when not given). ``ONE_SIDED_JVP_STEP =
-  1/32``. First-order truncation: errors of 1e-4 to 1e-2 in float32 on the benchmark models and
-  above 1e-2 under bf16 autocast (``tools/bench_scale.py --accuracy``). HVPs are central.
+  (the learner's forward with graph; a no-grad forward when not given). Step
+  ``sqrt(machine_eps) / 32`` (4.3e-5 under autocast). First-order truncation: errors of 1e-4
+  to 1e-2 in float32 on the benchmark models and above 1e-2 under bf16 autocast
+  (``tools/bench_scale.py --accuracy``). HVPs are central.
 - ``task_gradients``: ``loss_jvp`` exactly, as ``c_t = g_t . q`` from each task's own gradient
   ``g_t = dl_t/dw`` (one backward per task instead of finite differences; the learner takes
   them from the aux pass it already has and, when that pass is the training step's, the inner
@@ -66,18 +69,30 @@ from meltr.objective import PinnedLosses, math_attention
 NamedParams = Sequence[tuple[str, nn.Parameter]]
 MetaFn = Callable[[torch.Tensor], torch.Tensor]
 
-# Perturbation size as a fraction of the weights' own size, in units of sqrt(machine_eps) of the
-# weights' dtype (module docstring), per scheme; under autocast the bf16/fp16 copies of the
-# weights quantise small perturbations, so JVPs there take the larger step.
-CENTRAL_JVP_STEP = 1 / 16  # 2.2e-5 in float32
-ONE_SIDED_JVP_STEP = 1 / 32  # 1.1e-5
-AUTOCAST_CENTRAL_JVP_STEP = 1 / 2  # 1.7e-4
-AUTOCAST_ONE_SIDED_JVP_STEP = 1 / 8  # 4.3e-5
-HVP_STEP = 1 / 2  # 1.7e-4
+# Perturbation size as a fraction of the weights' own size (module docstring), per scheme.
+# Central differences balance O(eps^2) truncation against O(u / eps) rounding (u the machine
+# epsilon of the weights' dtype), so their step scales as cbrt(u); one-sided differences
+# (O(eps) truncation) as sqrt(u). Under autocast the weights' bf16/fp16 copies quantise small
+# perturbations: JVPs there take fixed, larger fractions.
+CENTRAL_JVP_STEP = 4.4e-3  # x cbrt(u): 2.2e-5 in float32, 2.7e-8 in float64
+ONE_SIDED_JVP_STEP = 1 / 32  # x sqrt(u): 1.1e-5 in float32
+AUTOCAST_CENTRAL_JVP_STEP = 1.7e-4
+AUTOCAST_ONE_SIDED_JVP_STEP = 4.3e-5
+HVP_STEP = 1 / 2  # x sqrt(u): 1.7e-4 in float32 (central differences of gradients)
 
 
-def _under_autocast(params: NamedParams) -> bool:
-    return torch.is_autocast_enabled(params[0][1].device.type)
+def relative_step(scheme: str, params: NamedParams) -> float:
+    """The perturbation's size relative to the weights for ``scheme`` (``"central"``,
+    ``"one_sided"`` or ``"hvp"``), given the weights' dtype and whether autocast is on."""
+    u = torch.finfo(params[0][1].dtype).eps
+    autocast = torch.is_autocast_enabled(params[0][1].device.type)
+    if scheme == "central":
+        return AUTOCAST_CENTRAL_JVP_STEP if autocast else CENTRAL_JVP_STEP * u ** (1 / 3)
+    if scheme == "one_sided":
+        return AUTOCAST_ONE_SIDED_JVP_STEP if autocast else ONE_SIDED_JVP_STEP * u**0.5
+    if scheme == "hvp":
+        return HVP_STEP * u**0.5
+    raise ValueError(f"unknown finite-difference scheme {scheme!r}")
 
 
 def _grads(output: torch.Tensor, params: NamedParams, **kwargs) -> list[torch.Tensor]:
@@ -171,18 +186,17 @@ def _squared_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 def finite_difference_step(
-    params: NamedParams, tangent: Sequence[torch.Tensor], factor: float = HVP_STEP
+    params: NamedParams, tangent: Sequence[torch.Tensor], relative: float
 ) -> float:
     """The finite-difference step ``eps`` for perturbing ``params`` along ``tangent``
-    (0.0 when the tangent is zero): the perturbation moves each weight by about
-    ``factor * sqrt(machine_eps(dtype))`` of its own size; see the module docstring."""
+    (0.0 when the tangent is zero): the perturbation moves each weight by about ``relative``
+    of its own size (see ``relative_step`` and the module docstring)."""
     tangent_sq = _global_sum([_squared_norm(t) for t in tangent])
     if tangent_sq == 0.0:
         return 0.0
     overlap = _global_sum(
         [_abs_dot(p.detach(), t) for (_, p), t in zip(params, tangent, strict=True)]
     )
-    relative = factor * torch.finfo(params[0][1].dtype).eps ** 0.5
     scale = overlap / tangent_sq if overlap > 0.0 else tangent_sq**-0.5
     return relative * scale
 
@@ -264,16 +278,13 @@ class FiniteDifference:
     ) -> torch.Tensor:
         """``c = J q``; ``values``: ``losses()`` at the current w (the caller's forward with
         graph gives the same numbers), used by the one-sided scheme instead of a forward."""
-        autocast = _under_autocast(params)
         if not self.one_sided:
-            factor = AUTOCAST_CENTRAL_JVP_STEP if autocast else CENTRAL_JVP_STEP
-            eps = finite_difference_step(params, tangent, factor)
+            eps = finite_difference_step(params, tangent, relative_step("central", params))
             if eps == 0.0:
                 return torch.zeros(len(losses.keys), dtype=params[0][1].dtype)
             plus, minus = perturbed_evaluations(params, tangent, (eps, -eps), losses)
             return _difference(plus, minus, 2.0 * eps)
-        factor = AUTOCAST_ONE_SIDED_JVP_STEP if autocast else ONE_SIDED_JVP_STEP
-        eps = finite_difference_step(params, tangent, factor)
+        eps = finite_difference_step(params, tangent, relative_step("one_sided", params))
         if eps == 0.0:
             return torch.zeros(len(losses.keys), dtype=params[0][1].dtype)
         if values is None:
@@ -289,7 +300,7 @@ class FiniteDifference:
         meta: MetaFn,
         tangent: Sequence[torch.Tensor],
     ) -> list[torch.Tensor]:
-        eps = finite_difference_step(params, tangent, HVP_STEP)
+        eps = finite_difference_step(params, tangent, relative_step("hvp", params))
         if eps == 0.0:
             return [torch.zeros_like(p) for _, p in params]
 

@@ -10,10 +10,10 @@ from torch import nn
 from meltr import products
 from meltr.objective import PinnedLosses
 from meltr.products import (
-    ONE_SIDED_JVP_STEP,
     FiniteDifference,
     finite_difference_step,
     perturbed_evaluations,
+    relative_step,
 )
 
 
@@ -59,14 +59,27 @@ def test_step_rule_matches_its_formula_across_scratch_chunks():
         for (_, p), t in zip(params, tangent, strict=True)
     )
     tangent_sq = sum(t.double().pow(2).sum() for t in tangent)
-    expected = 0.25 * torch.finfo(torch.float32).eps ** 0.5 * float(overlap / tangent_sq)
+    expected = 1e-5 * float(overlap / tangent_sq)
     # float32 accumulation over ~8e5 terms
-    assert finite_difference_step(params, tangent, 0.25) == pytest.approx(expected, rel=1e-4)
-    assert finite_difference_step(params, [torch.zeros(big), torch.zeros(5)]) == 0.0
+    assert finite_difference_step(params, tangent, 1e-5) == pytest.approx(expected, rel=1e-4)
+    assert finite_difference_step(params, [torch.zeros(big), torch.zeros(5)], 1e-5) == 0.0
     # w zero where q is not: the perturbation's norm is the fraction itself
     zero = [("w", nn.Parameter(torch.zeros(4)))]
-    step = finite_difference_step(zero, [torch.full((4,), 3.0)], 0.5)
-    assert step * 6.0 == pytest.approx(0.5 * torch.finfo(torch.float32).eps ** 0.5)
+    assert finite_difference_step(zero, [torch.full((4,), 3.0)], 1e-5) * 6.0 == pytest.approx(1e-5)
+
+
+def test_relative_steps_per_scheme_and_precision():
+    f32 = [("w", nn.Parameter(torch.ones(2)))]
+    f64 = [("w", nn.Parameter(torch.ones(2, dtype=torch.float64)))]
+    u32, u64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
+    assert relative_step("central", f32) == pytest.approx(4.4e-3 * u32 ** (1 / 3))
+    assert relative_step("central", f64) == pytest.approx(4.4e-3 * u64 ** (1 / 3))
+    assert relative_step("one_sided", f32) == pytest.approx(u32**0.5 / 32)
+    assert relative_step("hvp", f64) == pytest.approx(u64**0.5 / 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert relative_step("central", f32) == 1.7e-4
+        assert relative_step("one_sided", f32) == 4.3e-5
+        assert relative_step("hvp", f32) == pytest.approx(u32**0.5 / 2)
 
 
 def test_one_sided_jvp_equals_its_closed_form_on_quadratics():
@@ -74,7 +87,7 @@ def test_one_sided_jvp_equals_its_closed_form_on_quadratics():
     exactly (up to rounding), with eps from the one-sided step rule."""
     model, batch, losses, (q,) = _quadratic()
     params = list(model.named_parameters())
-    eps = finite_difference_step(params, [q], ONE_SIDED_JVP_STEP)
+    eps = finite_difference_step(params, [q], relative_step("one_sided", params))
     w = model.w.detach()
     grad_dot_q = ((batch["a"] * w + batch["b"]) * q).sum(dim=1)
     curvature = (batch["a"] * q * q).sum(dim=1)
@@ -96,7 +109,7 @@ def test_one_sided_jvp_uses_the_given_values_and_one_forward():
 
     counted = PinnedLosses(model, counting, batch, losses.keys)
     values = losses().detach()
-    eps = finite_difference_step(params, [q], ONE_SIDED_JVP_STEP)
+    eps = finite_difference_step(params, [q], relative_step("one_sided", params))
     backend = FiniteDifference(one_sided=True)
     reference = backend.loss_jvp(counted, params, [q], values=values)
     assert calls == [False]  # only the perturbed forward
