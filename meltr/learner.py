@@ -35,11 +35,21 @@ from meltr.objective import (
     restore_rng,
     stack_losses,
 )
-from meltr.products import backward_gradients, make_products
+from meltr.products import (
+    TaskGradients,
+    backward_gradients,
+    combine,
+    make_products,
+    refuse_data_parallel,
+    task_gradients,
+)
 from meltr.solvers import Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
+
+SCHEDULES = ("meltr", "release")
+EVICTIONS = ("oldest", "weighted")
 
 SKIP_REASONS = (
     "nonfinite_loss",  # a task loss (inner update skipped)
@@ -93,10 +103,23 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
 
 @dataclass
 class _Pass:
-    """One evaluation of a batch: the pinned loss function and its losses (graph kept)."""
+    """One evaluation of a batch: the pinned loss function, its ``[T]`` losses (graph kept) and
+    the task losses as the loss source returned them (a backward from one of them traverses that
+    task's graph only; a backward through ``values`` traverses all, with zero gradients)."""
 
     losses: PinnedLosses
     values: torch.Tensor
+    tasks: list[torch.Tensor]
+
+
+@dataclass
+class _Hypergradient:
+    """A hypergradient, its ``L_pri`` and, when they were computed for the training step's pass
+    (``products="task_gradients"`` with that pass as aux), the per-task gradients there."""
+
+    grads: list[torch.Tensor]
+    l_pri: float
+    current_task_gradients: list[list[torch.Tensor]] | None = None
 
 
 class MetaLearner:
@@ -113,11 +136,27 @@ class MetaLearner:
         meta_optimizer: torch optimizer over ``meta_loss``'s parameters, or None for the
             baselines without meta-learning (no meta steps, no replay buffer).
         solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | Unrolled``.
-        products: ``"finite_difference" | "forward" | "autograd"`` (see ``meltr.products``).
+        products: ``"finite_difference"`` (central differences, the default),
+            ``"finite_difference_one_sided"`` (one perturbed forward; reuses the aux pass's loss
+            values; less accurate), ``"task_gradients"`` (exact ``c`` from one backward per
+            task; cheapest when the tasks' graphs are disjoint, single process only),
+            ``"forward"`` or ``"autograd"`` (see ``meltr.products``).
         meta_every: a meta update on every ``meta_every``-th call of ``step``.
         gamma: weight of the regularizer ``|M - sum_t l_t|`` in ``L_pri``.
         replay: number of recent training batches the meta step draws B_pri and B_aux from
             (independently, uniformly); 0 uses the current batch for both.
+        schedule: when meta steps run and which batches they may draw.
+            ``"meltr"``: before the inner update, on calls ``meta_every, 2 * meta_every, ...``
+            of ``step``; the current batch joins the buffer first, so it can be drawn (its
+            forward is then reused).
+            ``"release"`` (the MELTR release's loop): after the inner update, at the updated
+            weights, on calls ``1, meta_every + 1, 2 * meta_every + 1, ...`` (its iterations
+            0, K, 2K); draws come from the earlier batches only (the current batch while the
+            buffer is empty), and the current batch joins the buffer afterwards.
+        eviction: which buffered batch leaves when a new one exceeds ``replay``:
+            ``"oldest"`` (the UniVL release) or ``"weighted"`` (the All-in-one and Violet
+            releases: one of the ``replay`` older batches at random, the i-th oldest with
+            probability proportional to i).
         meta_grad_clip: max global norm of phi's gradient (None: no clipping).
         direct_grad: include the regularizer's direct ``dL_pri/dphi`` term.
         reduce: applied to the loss-derivative vector ``c`` and to each of phi's gradients
@@ -127,7 +166,12 @@ class MetaLearner:
             that returns global-batch loss values (``meltr.train.distributed.
             reduced_loss_source``) then makes every quantity phi sees identical on all ranks.
         replay_seed: seed of the dedicated generator for replay draws (the global RNG is
-            never used for them).
+            never used for them). Draws, in this order per step: the B_pri and B_aux indices
+            as ``torch.randint(len(buffer), (2,), generator=...)`` on meta steps (none while the
+            buffer is empty: ``replay=0``, or the first step under ``"release"``), then the
+            evicted index as
+            ``torch.multinomial(torch.arange(1., replay + 1), 1, generator=...)`` under
+            ``"weighted"`` eviction.
         check_parameters: after every inner update, check that the model's parameters are
             finite and raise ``NonFiniteParametersError`` if not (one pass over the weights).
 
@@ -156,6 +200,8 @@ class MetaLearner:
         meta_every: int = 5,
         gamma: float = 0.1,
         replay: int = 10,
+        schedule: str = "meltr",
+        eviction: str = "oldest",
         meta_grad_clip: float | None = 1.0,
         direct_grad: bool = True,
         reduce: Reduce | None = None,
@@ -168,6 +214,10 @@ class MetaLearner:
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
         if not _is_int(replay) or replay < 0:
             raise ValueError(f"replay must be an integer >= 0, got {replay!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {EVICTIONS}, got {eviction!r}")
         if meta_grad_clip is not None and (
             not _is_number(meta_grad_clip) or not meta_grad_clip > 0
         ):
@@ -192,6 +242,8 @@ class MetaLearner:
         self.meta_every = meta_every
         self.gamma = float(gamma)
         self.replay = replay
+        self.schedule = schedule
+        self.eviction = eviction
         self.meta_grad_clip = meta_grad_clip
         self.direct_grad = direct_grad
         self.reduce = _identity_reduce if reduce is None else reduce
@@ -205,7 +257,7 @@ class MetaLearner:
         self.consecutive_skips = 0
         self.last_skip: str | None = None
         self.generator = torch.Generator().manual_seed(replay_seed)
-        self.buffer: collections.deque = collections.deque(maxlen=max(replay, 1))
+        self.buffer: collections.deque = collections.deque()
 
     # ------------------------------------------------------------------ evaluation helpers
 
@@ -213,16 +265,28 @@ class MetaLearner:
     def _meta_dtype(self) -> torch.dtype:
         return next(self.meta_loss.parameters()).dtype
 
+    def _meta_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast off on the meta network's device: it is tiny, and its first and second
+        derivatives (recorded in backward with ``create_graph``) feed the hypergradient, so it
+        computes in its own precision even inside the caller's autocast region."""
+        return torch.autocast(next(self.meta_loss.parameters()).device.type, enabled=False)
+
     def _meta(self, losses: torch.Tensor) -> torch.Tensor:
         """``M(l; phi)`` with the graph to phi."""
-        return self.meta_loss(losses.to(self._meta_dtype))
+        with self._meta_precision():
+            return self.meta_loss(losses.to(self._meta_dtype))
 
     def _frozen_meta(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """``M(l; phi)`` with phi detached (for products that must not touch phi)."""
         detached = {n: p.detach() for n, p in self.meta_loss.named_parameters()}
-        return lambda losses: torch.func.functional_call(
-            self.meta_loss, detached, (losses.to(self._meta_dtype),)
-        )
+
+        def meta(losses: torch.Tensor) -> torch.Tensor:
+            with self._meta_precision():
+                return torch.func.functional_call(
+                    self.meta_loss, detached, (losses.to(self._meta_dtype),)
+                )
+
+        return meta
 
     def _set_keys(self, losses: dict) -> None:
         keys = list(losses.keys())
@@ -247,12 +311,13 @@ class MetaLearner:
         if self.keys is None:
             self._set_keys(raw)
         pinned = PinnedLosses(self.model, self.loss_source, batch, self.keys, rng)
-        return _Pass(pinned, stack_losses(raw, self.keys))
+        values = stack_losses(raw, self.keys)
+        return _Pass(pinned, values, [raw[key].reshape(()) for key in self.keys])
 
     def _loss_derivative(self, values: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``dM/dl`` at ``values`` (detached), ``[T]``; graph to phi kept if ``create_graph``."""
         losses = values.detach().to(self._meta_dtype).requires_grad_()
-        with torch.enable_grad():
+        with torch.enable_grad(), self._meta_precision():
             meta = self._meta(losses)
             (grad,) = torch.autograd.grad(
                 meta, losses, create_graph=create_graph, allow_unused=True, materialize_grads=True
@@ -295,13 +360,13 @@ class MetaLearner:
         ``primary_batch is aux_batch`` the losses are computed once.
         """
         with self._no_side_effects():
-            return self._hypergradient(primary_batch, aux_batch, current=None)[0]
+            return self._hypergradient(primary_batch, aux_batch, current=None).grads
 
     def _hypergradient(
         self, primary_batch: Any, aux_batch: Any, current: _Pass | None
-    ) -> tuple[list[torch.Tensor], float]:
-        """(hypergradient, L_pri). ``current``, if given, is a pass whose batch object may be
-        reused for either side instead of evaluating it again."""
+    ) -> _Hypergradient:
+        """``current``, if given, is a pass whose batch object may be reused for either side
+        instead of evaluating it again."""
 
         def evaluate(batch: Any) -> _Pass:
             if current is not None and batch is current.losses.batch:
@@ -311,18 +376,17 @@ class MetaLearner:
         primary = evaluate(primary_batch)
         aux = primary if aux_batch is primary_batch else evaluate(aux_batch)
         if isinstance(self.solver, Unrolled):
-            return self._unrolled_hypergradient(primary.losses, aux.losses)
-        reuses_current = current is not None and (current is primary or current is aux)
-        return self._implicit_hypergradient(primary, aux, keep_graph=reuses_current)
+            return _Hypergradient(*self._unrolled_hypergradient(primary.losses, aux.losses))
+        return self._implicit_hypergradient(primary, aux, current)
 
     def _implicit_hypergradient(
-        self, primary: _Pass, aux: _Pass, keep_graph: bool
-    ) -> tuple[list[torch.Tensor], float]:
-        """``keep_graph``: keep the passes' graphs after taking v (the training step still needs
-        the current pass's graph); otherwise their activations are freed before the products."""
+        self, primary: _Pass, aux: _Pass, current: _Pass | None
+    ) -> _Hypergradient:
+        """The graph of ``current`` (the training step's pass) is kept after taking v when the
+        inner update still needs it; the other graphs are freed before the products."""
         params = self.params
         aux_values = aux.values.detach().to(self._meta_dtype).requires_grad_()
-        with torch.enable_grad():
+        with torch.enable_grad(), self._meta_precision():
             meta_aux = self._meta(aux_values)
             (dmeta_dl,) = torch.autograd.grad(
                 meta_aux, aux_values, create_graph=True, allow_unused=True, materialize_grads=True
@@ -333,25 +397,70 @@ class MetaLearner:
 
         # v = dL_pri/dw
         #   = grad l_0(B_pri) + gamma sign(M - sum l) sum_t (dM/dl_t - 1) grad l_t(B_aux)
-        primary_coeff = torch.zeros_like(primary.values)
-        primary_coeff[0] = 1.0
         aux_coeff = (self.gamma * sign * (dmeta_dl.detach() - 1.0)).to(aux.values.dtype)
+        if isinstance(self.products, TaskGradients):
+            return self._task_gradient_hypergradient(
+                primary, aux, current, dmeta_dl, residual, aux_coeff, l_pri
+            )
+        keep_graph = current is not None and (current is primary or current is aux)
         if aux is primary:
+            primary_coeff = torch.zeros_like(primary.values)
+            primary_coeff[0] = 1.0
             outputs, coeffs = [primary.values], [primary_coeff + aux_coeff]
-        elif self.gamma == 0.0:
-            outputs, coeffs = [primary.values], [primary_coeff]
         else:
-            outputs, coeffs = [primary.values, aux.values], [primary_coeff, aux_coeff]
+            # Only l_0 of B_pri enters L_pri: backward from it alone.
+            outputs = [primary.tasks[0]] + ([aux.values] if self.gamma != 0.0 else [])
+            coeffs = [torch.ones_like(primary.tasks[0])] + [aux_coeff][: len(outputs) - 1]
         v = backward_gradients(outputs, coeffs, params, retain_graph=keep_graph)
 
         meta = self._frozen_meta()
         q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
-        c = self.reduce(self.products.loss_jvp(aux.losses, params, q).to(self._meta_dtype))
+        jvp = self.products.loss_jvp(aux.losses, params, q, values=aux.values.detach())
+        return _Hypergradient(self._phi_hypergradient(jvp, dmeta_dl, residual), l_pri)
 
+    def _task_gradient_hypergradient(
+        self,
+        primary: _Pass,
+        aux: _Pass,
+        current: _Pass | None,
+        dmeta_dl: torch.Tensor,
+        residual: torch.Tensor,
+        aux_coeff: torch.Tensor,
+        l_pri: float,
+    ) -> _Hypergradient:
+        """``products="task_gradients"``: v and c from the aux pass's per-task gradients."""
+        refuse_data_parallel(self.products.name)
+        params = self.params
+        # The inner update takes its gradient from these when aux is the current pass; it
+        # needs the current graph only when the current pass is B_pri alone.
+        gradients = task_gradients(aux.tasks, params)
+        coefficients = aux_coeff.tolist()
+        if aux is primary:
+            coefficients[0] += 1.0
+            v = combine(coefficients, gradients)
+        else:
+            keep = current is primary
+            one = torch.ones_like(primary.tasks[0])
+            v = backward_gradients([primary.tasks[0]], [one], params, retain_graph=keep)
+            if self.gamma != 0.0:
+                torch._foreach_add_(v, combine(coefficients, gradients))
+        meta = self._frozen_meta()
+        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), v)
+        jvp = self.products.loss_jvp(aux.losses, params, q, gradients=gradients)
+        grads = self._phi_hypergradient(jvp, dmeta_dl, residual)
+        return _Hypergradient(grads, l_pri, gradients if current is aux else None)
+
+    def _phi_hypergradient(
+        self, jvp: torch.Tensor, dmeta_dl: torch.Tensor, residual: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """``direct - d/dphi sum_t c_t dM/dl_t`` from ``c = reduce(jvp)``."""
+        c = self.reduce(jvp.to(self._meta_dtype))
         objective = -(c.detach() * dmeta_dl).sum()
         if self.direct_grad:
             objective = objective + self.gamma * residual.abs()
-        return [self.reduce(g) for g in self._phi_grads(objective)], l_pri
+        with self._meta_precision():  # a backward through the meta network only
+            grads = self._phi_grads(objective)
+        return [self.reduce(g) for g in grads]
 
     def _unrolled_hypergradient(
         self, primary: PinnedLosses, aux: PinnedLosses
@@ -370,15 +479,18 @@ class MetaLearner:
     # ------------------------------------------------------------------ training step
 
     def step(self, batch: Any) -> dict[str, float]:
-        """One inner update of the model on ``M(l(w; batch); phi)``, preceded on every
-        ``meta_every``-th call by a meta update of phi.
+        """One inner update of the model on ``M(l(w; batch); phi)``, with a meta update of phi
+        before it (``schedule="meltr"``, every ``meta_every``-th call) or after it
+        (``schedule="release"``, calls 1, ``meta_every + 1``, ...).
 
-        A meta step whose primary and/or aux batch is the current batch reuses this step's
-        forward pass. A skipped inner update (non-finite task loss, ``M``, ``dM/dl`` or
-        gradient; see the class docstring) leaves the weights and the optimizer untouched, runs
-        no meta step and keeps no batch for replay. Returns flat float metrics:
-        ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``, ``skipped/<reason>`` (running totals)
-        and, on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
+        A meta step whose primary and/or aux batch is the current batch at the current weights
+        reuses this step's forward pass; with ``products="task_gradients"`` and this step's pass
+        as aux, the inner update also reuses the meta step's per-task gradients instead of a
+        backward of its own. A skipped inner update (non-finite task loss, ``M``,
+        ``dM/dl`` or gradient; see the class docstring) leaves the weights and the optimizer
+        untouched, runs no later meta step and keeps no batch for replay. Returns flat float
+        metrics: ``loss/<task>``, ``meta_loss``, ``dM/dl/<task>``, ``skipped/<reason>`` (running
+        totals) and, on meta steps, ``meta/L_pri``, ``meta/hypergrad_norm``, ``meta/seconds``.
 
         Raises:
             NonFiniteParametersError: ``check_parameters`` and a parameter became non-finite
@@ -392,11 +504,14 @@ class MetaLearner:
             bad = [k for k, v in zip(self.keys, values.detach(), strict=True) if not v.isfinite()]
             return metrics | self._skip("nonfinite_loss", f"task loss {', '.join(bad)}")
 
-        if self.meta_optimizer is not None:
+        meta_now = self.meta_optimizer is not None and self._is_meta_call()
+        reused = None  # per-task gradients at this pass, from the meta step
+        if self.meta_optimizer is not None and self.schedule == "meltr":
             if self.replay > 0:
-                self.buffer.append(batch)
-            if self.step_count % self.meta_every == 0:
-                metrics |= self._meta_step(current)
+                self._remember(batch)
+            if meta_now:
+                meta_metrics, reused = self._meta_step(current, list(self.buffer) or [batch])
+                metrics |= meta_metrics
 
         dmeta_dl = self._loss_derivative(values, create_graph=False)
         with torch.no_grad():
@@ -415,7 +530,11 @@ class MetaLearner:
         # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
         for _, p in self.params:
             p.grad = None
-        values.backward(dmeta_dl.to(values.dtype))
+        if reused is None:
+            values.backward(dmeta_dl.to(values.dtype))
+        else:  # the same backward, already taken task by task in the meta step
+            for (_, p), grad in zip(self.params, combine(dmeta_dl.tolist(), reused), strict=True):
+                p.grad = grad
         bad_grad = _first_nonfinite((n, p.grad) for n, p in self.params)
         if bad_grad is not None:
             for _, p in self.params:
@@ -436,7 +555,30 @@ class MetaLearner:
         after_update = getattr(self.meta_loss, "after_update", None)
         if after_update is not None:
             after_update(values.detach(), lambda: self._losses_without_graph(current))
+        if self.meta_optimizer is not None and self.schedule == "release":
+            # After the update: the step's pass is at the old weights, nothing of it is reused.
+            if meta_now:
+                metrics |= self._meta_step(None, list(self.buffer) or [batch])[0]
+            if self.replay > 0:
+                self._remember(batch)
         return metrics | self._skip_metrics()
+
+    def _is_meta_call(self) -> bool:
+        if self.schedule == "release":
+            return (self.step_count - 1) % self.meta_every == 0
+        return self.step_count % self.meta_every == 0
+
+    def _remember(self, batch: Any) -> None:
+        """Append ``batch`` to the replay buffer, evicting one batch beyond ``replay``."""
+        self.buffer.append(batch)
+        if len(self.buffer) <= self.replay:
+            return
+        if self.eviction == "oldest":
+            self.buffer.popleft()
+            return
+        weights = torch.arange(1.0, self.replay + 1, dtype=torch.float64)
+        index = int(torch.multinomial(weights, 1, generator=self.generator))
+        del self.buffer[index]
 
     def _losses_without_graph(self, current: _Pass) -> torch.Tensor:
         """The losses of ``current``'s batch at the live weights, no graph, no side effects."""
@@ -453,15 +595,23 @@ class MetaLearner:
     def _skip_metrics(self) -> dict[str, float]:
         return {f"skipped/{k}": float(v) for k, v in self.skipped.items()}
 
-    def _meta_step(self, current: _Pass) -> dict[str, float]:
+    def _meta_step(
+        self, current: _Pass | None, candidates: list
+    ) -> tuple[dict[str, float], list[list[torch.Tensor]] | None]:
+        """One meta update with B_pri and B_aux drawn from ``candidates`` (the replay buffer,
+        or the current batch alone: ``replay=0``, or an empty buffer under ``"release"``);
+        ``current``: the step's pass at the current weights, reused when a drawn batch is its
+        batch (None when the weights have moved since). Returns the metrics and the per-task
+        gradients at ``current`` if the hypergradient computed them."""
         start = time.perf_counter()
-        if self.replay == 0:
-            primary_batch = aux_batch = current.losses.batch
+        if not self.buffer:
+            primary_batch = aux_batch = candidates[0]
         else:
-            i, j = torch.randint(len(self.buffer), (2,), generator=self.generator).tolist()
-            primary_batch, aux_batch = self.buffer[i], self.buffer[j]
+            i, j = torch.randint(len(candidates), (2,), generator=self.generator).tolist()
+            primary_batch, aux_batch = candidates[i], candidates[j]
         with self._no_side_effects():
-            grads, l_pri = self._hypergradient(primary_batch, aux_batch, current)
+            result = self._hypergradient(primary_batch, aux_batch, current)
+        grads, l_pri = result.grads, result.l_pri
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
         metrics = {"meta/L_pri": l_pri, "meta/hypergrad_norm": norm}
         if not math.isfinite(norm):
@@ -487,7 +637,7 @@ class MetaLearner:
                     f"nonfinite_phi: meta step {self.step_count} would make {bad_phi} non-finite"
                 )
         metrics["meta/seconds"] = time.perf_counter() - start
-        return metrics
+        return metrics, result.current_task_gradients
 
     # ------------------------------------------------------------------ state
 

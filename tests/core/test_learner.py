@@ -254,6 +254,9 @@ def _assert_same(a, b):
     ("solver", "products"),
     [
         (Identity(), "finite_difference"),
+        (Identity(), "finite_difference_one_sided"),
+        (Identity(), "task_gradients"),
+        (ConjugateGradient(maxiter=3), "task_gradients"),
         (ConjugateGradient(maxiter=3), "finite_difference"),
         (ConjugateGradient(maxiter=3), "forward"),
         (Identity(), "autograd"),
@@ -398,3 +401,289 @@ def test_after_update_hook_sees_the_losses_before_and_after_the_update():
     torch.testing.assert_close(meta.seen[0], before)
     torch.testing.assert_close(meta.seen[1], after)
     assert not meta.seen[1].requires_grad
+
+
+# ---------------------------------------------------------------- forward reuse
+
+
+def _counting(calls):
+    def source(model, batch):
+        calls.append(torch.is_grad_enabled())
+        return mlp_source(model, batch)
+
+    return source
+
+
+@pytest.mark.parametrize(
+    ("products", "perturbed"), [("finite_difference", 2), ("finite_difference_one_sided", 1)]
+)
+@pytest.mark.parametrize("replay", [0, 1])
+def test_meta_step_on_the_current_batch_reuses_its_forward(products, perturbed, replay):
+    """replay=0, or a buffer holding only the current batch: the step's forward serves the
+    meta step's primary and aux batch and (one-sided) the products' values at w."""
+    calls = []
+    learner = _learner(meta_every=1, replay=replay, products=products, loss_source=_counting(calls))
+    learner.step(mlp_batch(0))
+    assert calls == [True] + [False] * perturbed
+
+
+def test_one_sided_hypergradient_on_one_batch_takes_one_perturbed_forward():
+    calls = []
+    learner = _learner(products="finite_difference_one_sided", loss_source=_counting(calls))
+    batch = mlp_batch(0)
+    learner.hypergradient(batch, batch)
+    assert calls == [True, False]
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward counts its calls."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _CountBackward.calls += 1
+        return grad
+
+
+def test_primary_batch_backward_skips_the_auxiliary_tasks_graphs():
+    """``L_pri`` needs only ``l_0`` of B_pri: the backward for v must not traverse the aux
+    losses' graphs of that batch (it would, with zero gradients, through the stacked vector)."""
+
+    def source(model, batch):
+        losses = mlp_source(model, batch)
+        losses["aux_a"] = _CountBackward.apply(losses["aux_a"])
+        return losses
+
+    learner = _learner(loss_source=source, gamma=0.3)
+    _CountBackward.calls = 0
+    learner.hypergradient(mlp_batch(1), mlp_batch(2))
+    assert _CountBackward.calls == 1  # B_aux's graph only
+    learner.gamma = 0.0
+    _CountBackward.calls = 0
+    learner.hypergradient(mlp_batch(1), mlp_batch(2))
+    assert _CountBackward.calls == 0
+
+
+def test_meta_loss_runs_outside_autocast():
+    """Under autocast the meta network still computes in its own precision: with a backbone
+    that has no autocast-eligible operation, the hypergradient is the same with and without."""
+
+    class Elementwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.linspace(-1.0, 1.0, 6))
+
+    def source(model, batch):
+        w = model.w
+        return {"primary": (w - batch).pow(2).sum(), "a": w.pow(4).mean(), "b": w.sin().sum()}
+
+    learner = _learner(Elementwise(), loss_source=source, products="forward")
+    batch = torch.linspace(0.0, 0.5, 6)
+    plain = learner.hypergradient(batch, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = learner.hypergradient(batch, batch)
+    for a, b in zip(plain, autocast, strict=True):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- the release's loop
+
+
+def _release_loop(model, meta, batches, *, every, replay, eviction, gamma, clip, seed):
+    """The MELTR release's training loop (All-in-one ``training_step``, Violet ``go_dl``),
+    written from its definition: inner update on ``M(l)``; at iterations 0, K, 2K: B_pri and
+    B_aux drawn from the earlier batches (the current one while there are none), ``L_val =
+    l_0(B_pri) + gamma |sum l(B_aux) - M(l(B_aux))|``, phi.grad = -d/dphi [dL_val/dw . dM/dw]
+    (double backward), clipped, meta Adam step; then the batch is buffered and, beyond
+    ``replay``, one of the older ``replay`` evicted (the oldest, or at random with weights
+    1..replay). Draws follow the learner's documented protocol on its generator."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta_optimizer = torch.optim.Adam(meta.parameters(), lr=0.05)
+    weights, phi = list(model.parameters()), list(meta.parameters())
+    buffer = []
+
+    def losses(batch):
+        return torch.stack(list(mlp_source(model, batch).values()))
+
+    for iteration, batch in enumerate(batches):
+        optimizer.zero_grad()
+        meta(losses(batch)).backward()
+        meta.zero_grad()
+        optimizer.step()
+        if iteration % every == 0:
+            primary = aux = batch
+            if buffer:
+                i, j = torch.randint(len(buffer), (2,), generator=generator).tolist()
+                primary, aux = buffer[i], buffer[j]
+            l_train = losses(aux)
+            m = meta(l_train)
+            val = losses(primary)[0] + gamma * (l_train.sum() - m).abs()
+            d_val = torch.autograd.grad(val, weights, retain_graph=True)
+            d_train = torch.autograd.grad(m, weights, create_graph=True)
+            v4 = torch.autograd.grad(d_train, phi, grad_outputs=d_val, allow_unused=True)
+            meta_optimizer.zero_grad()
+            for p, g in zip(phi, v4, strict=True):
+                p.grad = None if g is None else -g
+            nn.utils.clip_grad_norm_(phi, clip)
+            meta_optimizer.step()
+        buffer.append(batch)
+        if len(buffer) > replay:
+            if eviction == "oldest":
+                buffer.pop(0)
+            else:
+                weights_ = torch.arange(1.0, replay + 1, dtype=torch.float64)
+                buffer.pop(int(torch.multinomial(weights_, 1, generator=generator)))
+
+
+@pytest.mark.parametrize("eviction", ["weighted", "oldest"])
+def test_release_schedule_matches_the_release_loop(eviction):
+    every, replay, steps = 3, 2, 4  # meta steps at iterations 0 and 3, one eviction before 3
+    batches = [mlp_batch(10 + i, torch.float64) for i in range(steps)]
+    torch.manual_seed(0)
+    model, meta = MLP(dtype=torch.float64), _meta_transformer().double()
+    reference_model, reference_meta = copy.deepcopy(model), copy.deepcopy(meta)
+    learner = _learner(
+        model,
+        meta,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        meta_optimizer=torch.optim.Adam(meta.parameters(), lr=0.05),
+        products="autograd",
+        meta_every=every,
+        replay=replay,
+        schedule="release",
+        eviction=eviction,
+        gamma=0.3,
+        direct_grad=False,
+        meta_grad_clip=0.5,
+        replay_seed=7,
+    )
+    meta_steps = [i for i in range(steps) if "meta/L_pri" in learner.step(batches[i])]
+    assert meta_steps == [0, 3]
+    _release_loop(
+        reference_model,
+        reference_meta,
+        batches,
+        every=every,
+        replay=replay,
+        eviction=eviction,
+        gamma=0.3,
+        clip=0.5,
+        seed=7,
+    )
+    for a, b in zip(model.parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(meta.parameters(), reference_meta.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert len(learner.buffer) == replay and learner.buffer[-1] is batches[-1]
+
+
+def test_release_schedule_draws_exclude_the_current_batch():
+    calls = []
+    learner = _learner(meta_every=1, replay=3, schedule="release", loss_source=_counting(calls))
+    learner.step(mlp_batch(0))
+    first = len(calls)
+    drawn = []
+    original = learner._hypergradient
+    learner._hypergradient = lambda p, a, current: (
+        drawn.append((p, a, current)) or original(p, a, current)
+    )
+    batches = [mlp_batch(i) for i in range(1, 6)]
+    for batch in batches:
+        learner.step(batch)
+        primary, aux, current = drawn[-1]
+        assert current is None
+        assert primary is not batch and aux is not batch
+    assert first == 1 + 1 + 2  # step forward, then the meta step at the new weights: 1 + 2 FD
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"schedule": "paper"}, "schedule must be one of"), ({"eviction": "lru"}, "eviction")],
+)
+def test_invalid_schedule_and_eviction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _learner(**kwargs)
+
+
+# ---------------------------------------------------------------- task-gradient products
+
+
+def _double_learner(products, **kwargs):
+    torch.manual_seed(0)
+    model, meta = MLP(dtype=torch.float64), _meta_transformer().double()
+    return _learner(
+        model,
+        meta,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        meta_optimizer=torch.optim.Adam(meta.parameters(), lr=0.05),
+        products=products,
+        gamma=0.3,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("replay", [0, 2])
+def test_task_gradient_steps_match_exact_double_backward_steps(replay):
+    """Training with products="task_gradients" (the inner update reusing the meta step's
+    per-task gradients whenever its aux batch is the current one) follows the same weights and
+    phi as training with exact double-backward products and an ordinary inner backward."""
+    batches = [mlp_batch(20 + i, torch.float64) for i in range(5)]
+    runs = {}
+    for products in ("task_gradients", "autograd"):
+        learner = _double_learner(products, meta_every=2, replay=replay)
+        for batch in batches:
+            learner.step(batch)
+        runs[products] = [p.detach() for p in learner.model.parameters()]
+        runs[products] += [p.detach() for p in learner.meta_loss.parameters()]
+    for a, b in zip(runs["task_gradients"], runs["autograd"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _counting_identity(calls: dict, key: str):
+    class Count(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            calls[key] += 1
+            return grad
+
+    return Count.apply
+
+
+def test_task_gradients_take_one_backward_per_task_per_meta_step():
+    """The meta step's per-task backwards give v, c and the inner update's gradient, so a
+    backward passes each task's loss once per step (with central finite differences twice: for
+    v and for the update)."""
+
+    def per_step(products):
+        calls = dict.fromkeys(["primary", "aux_a", "aux_b"], 0)
+        marks = {key: _counting_identity(calls, key) for key in calls}
+
+        def source(model, batch):
+            return {k: marks[k](v) for k, v in mlp_source(model, batch).items()}
+
+        learner = _learner(meta_every=1, replay=0, products=products, loss_source=source)
+        learner.step(mlp_batch(0))
+        calls.update(dict.fromkeys(calls, 0))
+        learner.step(mlp_batch(1))
+        return calls
+
+    assert per_step("task_gradients") == {"primary": 1, "aux_a": 1, "aux_b": 1}
+    assert per_step("finite_difference") == {"primary": 2, "aux_a": 2, "aux_b": 2}
+
+
+def test_task_gradients_refuse_data_parallel(monkeypatch):
+    learner = _learner(products="task_gradients")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    with pytest.raises(RuntimeError, match="single-process only"):
+        learner.hypergradient(mlp_batch(0), mlp_batch(1))

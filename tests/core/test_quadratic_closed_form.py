@@ -76,7 +76,13 @@ def _alpha(H):
     return float(1.0 / torch.linalg.eigvalsh(H).max())
 
 
-PRODUCTS_TOL = {"autograd": 1e-5, "forward": 1e-5, "finite_difference": 1e-3}
+PRODUCTS_TOL = {
+    "autograd": 1e-5,
+    "forward": 1e-5,
+    "task_gradients": 1e-5,
+    "finite_difference": 1e-3,
+    "finite_difference_one_sided": 1e-3,
+}
 
 
 @pytest.mark.parametrize("products", sorted(PRODUCTS_TOL))
@@ -137,5 +143,6 @@ def test_float32_finite_difference_identity():
     learner.products = make_products("finite_difference")
     expected = closed_form(torch.eye(DIM))
     # Central differences are exact on quadratics but for rounding; in float32 the step that keeps
-    # truncation error small on curved networks (meltr/products.py) leaves about 1e-3 of it here.
-    assert relative_error(learner.hypergradient(primary, aux), expected) < 3e-3
+    # truncation error small on real-size networks (meltr/products.py) leaves about 5e-3 of it on
+    # these 6 weights (rounding averages out over many weights, not over 6).
+    assert relative_error(learner.hypergradient(primary, aux), expected) < 1e-2

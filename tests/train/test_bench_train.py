@@ -93,9 +93,26 @@ def test_statistics_and_table_cells():
         "| MELTR Identity, finite differences | 14.0 ± 1.4 | 25.0 ± 7.1 | 20.0 ± 0.0 | 25.0 ± 0.0 "
         "| 6.0 ± 0.0 |"
     )
+    results["MELTR Identity, finite differences, replay=0"] = bench.RowResults(
+        [12.0, 13.0], [0.25, 0.23], [0.2, 0.2], [6.0, 6.0]
+    )
     targets = bench.target_lines(results)
-    assert targets[0].endswith("adds 25.0% to multi-task (target <= 35%): met")
-    assert targets[1].endswith("is 0.45 x the autograd-products row's (target <= 0.50): met")
-    results["MELTR Identity, finite differences"].overhead = [0.4, 0.4]
-    assert bench.target_lines(results)[0].endswith("(target <= 35%): missed")
-    assert bench.target_lines(results)[1].endswith("(target <= 0.50): missed")
+    assert targets == [
+        "Identity + finite differences, replay=10: adds 25.0% to multi-task (target <= 45%): met",
+        "Identity + finite differences, replay=0: adds 24.0% to multi-task (target <= 22%): missed",
+    ]
+
+
+def test_row_selection_keeps_the_reference_row():
+    names = [row.name for row in bench.select_rows(["task gradients"])]
+    assert names == [
+        bench.REFERENCE_ROW,
+        "MELTR Identity, task gradients",
+        "MELTR Identity, task gradients, replay=0",
+    ]
+    assert bench.select_rows(None) == bench.ROWS
+    row = bench.identity_row("one-sided finite differences", replay0=True)
+    assert row.bindings == (
+        "MetaLearner.products = 'finite_difference_one_sided'",
+        "MetaLearner.replay = 0",
+    )
