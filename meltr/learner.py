@@ -43,7 +43,7 @@ from meltr.products import (
     refuse_data_parallel,
     task_gradients,
 )
-from meltr.solvers import Identity, Solver, Unrolled
+from meltr.solvers import ConjugateGradient, Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -174,6 +174,13 @@ class MetaLearner:
             ``"weighted"`` eviction.
         check_parameters: after every inner update, check that the model's parameters are
             finite and raise ``NonFiniteParametersError`` if not (one pass over the weights).
+        fidelity_every: every this many meta steps (0: never), also compute a reference
+            hypergradient on the same batches with ``fidelity_solver`` (default
+            ``ConjugateGradient(maxiter=10, damping=1.0)``) and ``fidelity_products`` (default:
+            ``products``) and report ``meta/fidelity_cosine`` (the cosine between the two) and
+            ``meta/fidelity_norm_ratio`` (configured norm / reference norm): how good the
+            configured solver's approximation is on this model. It changes nothing the training
+            computes (the reference is taken with no side effects and not applied).
 
     Non-finite values never reach the weights: an inner update is skipped when a task loss,
     ``M``, ``dM/dl`` or a gradient is non-finite, a meta update when the hypergradient is
@@ -207,6 +214,9 @@ class MetaLearner:
         reduce: Reduce | None = None,
         replay_seed: int = 0,
         check_parameters: bool = True,
+        fidelity_every: int = 0,
+        fidelity_solver: Solver | None = None,
+        fidelity_products: str | None = None,
     ) -> None:
         if not _is_int(meta_every) or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
@@ -232,6 +242,16 @@ class MetaLearner:
             raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")
         if not isinstance(meta_loss, nn.Module):
             raise ValueError(f"meta_loss must be an nn.Module, got {type(meta_loss).__name__}")
+        if not _is_int(fidelity_every) or fidelity_every < 0:
+            raise ValueError(f"fidelity_every must be an integer >= 0, got {fidelity_every!r}")
+        self.fidelity_every = fidelity_every
+        self.fidelity_solver = (
+            ConjugateGradient(maxiter=10, damping=1.0)
+            if fidelity_solver is None
+            else fidelity_solver
+        )
+        self.fidelity_products = make_products(fidelity_products or products)
+        self.meta_steps = 0
         self.products = make_products(products)
         self.model = model
         self.meta_loss = meta_loss
@@ -614,6 +634,9 @@ class MetaLearner:
         grads, l_pri = result.grads, result.l_pri
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
         metrics = {"meta/L_pri": l_pri, "meta/hypergrad_norm": norm}
+        self.meta_steps += 1
+        if self.fidelity_every and self.meta_steps % self.fidelity_every == 0:
+            metrics |= self._fidelity(grads, primary_batch, aux_batch)
         if not math.isfinite(norm):
             self.skipped["nonfinite_hypergrad"] += 1
             self.last_skip = f"nonfinite_hypergrad: meta step {self.step_count}, norm {norm}"
@@ -639,6 +662,24 @@ class MetaLearner:
         metrics["meta/seconds"] = time.perf_counter() - start
         return metrics, result.current_task_gradients
 
+    def _fidelity(self, grads: list[torch.Tensor], primary_batch: Any, aux_batch: Any) -> dict:
+        """The cosine and norm ratio between ``grads`` and the reference hypergradient on the
+        same batches (fresh forwards at the current weights; no side effects)."""
+        configured = (self.solver, self.products)
+        self.solver, self.products = self.fidelity_solver, self.fidelity_products
+        try:
+            with self._no_side_effects():
+                reference = self._hypergradient(primary_batch, aux_batch, None).grads
+        finally:
+            self.solver, self.products = configured
+        a = torch.cat([g.detach().double().reshape(-1) for g in grads])
+        b = torch.cat([g.detach().double().reshape(-1) for g in reference])
+        denominator = float(a.norm() * b.norm())
+        return {
+            "meta/fidelity_cosine": float(a @ b) / denominator if denominator else math.nan,
+            "meta/fidelity_norm_ratio": float(a.norm() / b.norm()) if b.norm() else math.nan,
+        }
+
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
@@ -655,6 +696,7 @@ class MetaLearner:
             "buffer": list(self.buffer),
             "skipped": dict(self.skipped),
             "consecutive_skips": self.consecutive_skips,
+            "meta_steps": self.meta_steps,
             "keys": self.keys,
         }
 
@@ -674,4 +716,5 @@ class MetaLearner:
         self.buffer.extend(state["buffer"])
         self.skipped = dict.fromkeys(SKIP_REASONS, 0) | dict(state["skipped"])
         self.consecutive_skips = int(state.get("consecutive_skips", 0))
+        self.meta_steps = int(state.get("meta_steps", 0))
         self.keys = None if state["keys"] is None else list(state["keys"])

@@ -687,3 +687,43 @@ def test_task_gradients_refuse_data_parallel(monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     with pytest.raises(RuntimeError, match="single-process only"):
         learner.hypergradient(mlp_batch(0), mlp_batch(1))
+
+
+def test_fidelity_probe_reports_the_cosine_to_a_reference_and_changes_nothing():
+    def learner(**kwargs):
+        torch.manual_seed(0)
+        model = MLP()
+        meta = _meta_transformer()
+        return _learner(
+            model,
+            meta,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            meta_optimizer=torch.optim.SGD(meta.parameters(), lr=0.5),
+            meta_every=1,
+            replay=0,
+            **kwargs,
+        )
+
+    probed = learner(fidelity_every=2, fidelity_solver=ConjugateGradient(maxiter=5, damping=1.0))
+    plain = learner()
+    expected_cosines = []
+    for seed in range(4):
+        batch = mlp_batch(seed)
+        if seed % 2 == 1:  # the probe's meta steps: 2 and 4
+            configured = plain.hypergradient(batch, batch)
+            reference_learner = learner(solver=ConjugateGradient(maxiter=5, damping=1.0))
+            reference_learner.model.load_state_dict(plain.model.state_dict())
+            reference_learner.meta_loss.load_state_dict(plain.meta_loss.state_dict())
+            reference = reference_learner.hypergradient(batch, batch)
+            a = torch.cat([g.reshape(-1) for g in configured]).double()
+            b = torch.cat([g.reshape(-1) for g in reference]).double()
+            expected_cosines.append(float(a @ b / (a.norm() * b.norm())))
+        metrics = probed.step(batch)
+        plain.step(batch)
+        assert ("meta/fidelity_cosine" in metrics) == (seed % 2 == 1)
+        if seed % 2 == 1:
+            assert metrics["meta/fidelity_cosine"] == pytest.approx(expected_cosines[-1], abs=1e-6)
+    for a, b in zip(probed.model.parameters(), plain.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the probe left the training untouched
+    for a, b in zip(probed.meta_loss.parameters(), plain.meta_loss.parameters(), strict=True):
+        assert torch.equal(a, b)
