@@ -8,13 +8,12 @@ text as its caption, the Facet (and COVAREP) rows as its features, the sentiment
 label; train / val (MMSA's valid) / test. The CMU-MultimodalSDK .csd files need h5py and are not
 read; see meltr/data/mosi.py. Rerunning keeps complete shards. Exit code 2 when utterances lack
 text or a finite label (they are named) and --skip-missing is not given, or when the pickle is
-absent.
+absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.conversion import MissingItemsError
 from meltr.data.mosi import FEATURES, LAYOUTS, convert_mosi
 
 
@@ -39,7 +38,7 @@ def main() -> int:
             args.skip_missing,
             args.samples_per_shard,
         )
-    except (MissingItemsError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # MissingItemsError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     for missing in result["skipped"]:

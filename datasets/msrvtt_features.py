@@ -2,20 +2,20 @@
 
     python datasets/msrvtt_features.py --root MSRVTT_DIR --out SHARD_DIR
         --layout retrieval-9k|retrieval-7k|caption [--skip-missing] [--samples-per-shard N]
+        [--num-train 6513 --num-val 497]
 
 retrieval-9k / retrieval-7k: train from MSRVTT_train.9k.csv / .7k.csv (all captions per video),
 test the 1000 JSFusion pairs of MSRVTT_JSFUSION_test.csv. caption: MSRVTT-full, the videos of
 MSRVTT_data.json in order, 6513 train / 497 val / 2990 test, all 20 captions each. Details in
 meltr/data/msrvtt_features.py. Rerunning keeps complete shards. Exit code 2 when listed videos
 lack features or captions (they are named) and --skip-missing is not given, or when a release
-file is absent.
+file is absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.conversion import MissingItemsError
-from meltr.data.msrvtt_features import LAYOUTS, convert_msrvtt_features
+from meltr.data.msrvtt_features import FULL_SPLIT, LAYOUTS, convert_msrvtt_features
 
 
 def main() -> int:
@@ -27,13 +27,28 @@ def main() -> int:
         "--skip-missing", action="store_true", help="leave out videos that cannot be written"
     )
     parser.add_argument("--samples-per-shard", type=int, default=500)
+    parser.add_argument(
+        "--num-train",
+        type=int,
+        default=FULL_SPLIT["num_train"],
+        help="caption layout: train videos",
+    )
+    parser.add_argument(
+        "--num-val", type=int, default=FULL_SPLIT["num_val"], help="caption layout: val videos"
+    )
     args = parser.parse_args()
 
     try:
         result = convert_msrvtt_features(
-            args.root, args.out, args.layout, args.skip_missing, args.samples_per_shard
+            args.root,
+            args.out,
+            args.layout,
+            args.skip_missing,
+            args.samples_per_shard,
+            args.num_train,
+            args.num_val,
         )
-    except (MissingItemsError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # MissingItemsError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     for missing in result["skipped"]:

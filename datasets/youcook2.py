@@ -7,13 +7,13 @@
 The layout expected under --root and what is written are described in meltr/data/youcook2.py:
 one sample per clip (caption), train from youcookii_train.csv, test from youcookii_val.csv.
 Rerunning keeps complete shards. Exit code 2 when listed clips lack features, an entry or a
-caption (they are named) and --skip-missing is not given, or when a release file is absent.
+caption (they are named) and --skip-missing is not given, or when a release file is absent or
+malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.conversion import MissingItemsError
 from meltr.data.youcook2 import DATA_PICKLES, convert_youcook2
 
 
@@ -36,7 +36,7 @@ def main() -> int:
         result = convert_youcook2(
             args.root, args.out, args.data_pickle, args.skip_missing, args.samples_per_shard
         )
-    except (MissingItemsError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # MissingItemsError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     for missing in result["skipped"]:

@@ -80,6 +80,9 @@ TRANSCRIPTS = (
 )
 TRANSCRIPT_VERBS = ("need", "take", "use", "grab")
 MANIFEST_FORMAT = "meltr-synthetic-features-v1"
+# The random stream of the prototype table: ``[seed, PROTOTYPE_STREAM]`` (two numbers) never
+# equals a clip's ``[seed, split code, index]``.
+PROTOTYPE_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def attribute_prototypes(seed: int, feature_dim: int) -> dict[str, np.ndarray]:
     attribute value of the dataset with this seed (the same for every split and clip)."""
     names = [f"action:{a}" for a in ACTIONS] + [f"ingredient:{i}" for i in INGREDIENTS]
     names += [f"place:{p}" for p in PLACES] + [f"speed:{s}" for s in SPEEDS]
-    table = np.random.default_rng([seed, len(SPLIT_CODES)]).standard_normal(
+    table = np.random.default_rng([seed, PROTOTYPE_STREAM]).standard_normal(
         (len(names), feature_dim)
     )
     return dict(zip(names, table, strict=True))
