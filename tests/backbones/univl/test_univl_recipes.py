@@ -12,10 +12,11 @@ import torch
 from official_univl import official_state_dict
 from univl_tiny import TINY
 
+import meltr.tasks.captioning as captioning
 import meltr.train.configurables  # noqa: F401  (the gin registrations)
 from meltr.backbones.univl.configurables import synthetic_features_dir
 from meltr.data.stream import eval_loader
-from meltr.metrics.captioning import caption_scores
+from meltr.metrics.captioning import CAPTION_METRICS, caption_scores
 from meltr.train import build
 from meltr.train.cli import main as train_main
 from meltr.train.config import parse_gin
@@ -124,7 +125,7 @@ def _direct_captions(run: Path, data_dir: str) -> tuple[dict, dict]:
     return predictions, references
 
 
-def test_quick_captioning_trains_and_evaluates_as_computed_directly(tmp_path, capsys):
+def test_quick_captioning_trains_and_evaluates_as_computed_directly(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert train_main(quick_args("univl_quick_caption", run, num_val=0)) == 0
     trained = json.loads((run / "results.json").read_text())["last"]
@@ -133,16 +134,24 @@ def test_quick_captioning_trains_and_evaluates_as_computed_directly(tmp_path, ca
     )  # the shards the run trained on (gin still holds its bindings)
     capsys.readouterr()
 
+    scored = []
+
+    def recorded(predictions, references):
+        scored.append((predictions, references))
+        return caption_scores(predictions, references)
+
+    monkeypatch.setattr(captioning, "caption_scores", recorded)
     checkpoint = run / "checkpoints" / "last.pt"
     assert evaluate_main(["--gin", str(run / "config.gin"), "--checkpoint", str(checkpoint)]) == 0
     evaluated = json.loads(checkpoint.with_name("last.test-1views.json").read_text())
 
-    predictions, references = _direct_captions(run, data_dir)
-    assert len(predictions) == 6 and sum(map(len, references.values())) == 18
-    direct = caption_scores(predictions, references)
-    for name, value in direct.items():
-        assert evaluated[f"test/{name}"] == pytest.approx(100 * value, abs=1e-9), name
-        assert trained[f"test/{name}"] == pytest.approx(100 * value, abs=1e-9), name
+    # What tools/evaluate.py scored is what the model generates for each clip, decoded, against
+    # every reference of the clip; its metrics are the final ones of the training run.
+    assert scored == [_direct_captions(run, data_dir)]
+    assert len(scored[0][0]) == 6 and sum(map(len, scored[0][1].values())) == 18
+    for name in CAPTION_METRICS:
+        assert evaluated[f"test/{name}"] == pytest.approx(trained[f"test/{name}"], abs=1e-9)
+        assert 0 <= evaluated[f"test/{name}"] <= 1000
     assert evaluated["test/num_items"] == 6 and evaluated["test/num_references"] == 18
 
 
