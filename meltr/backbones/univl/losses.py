@@ -1,4 +1,5 @@
-"""The eight UniVL losses (MELTR's Table 7 / appendix A.1) as one configurable loss source.
+"""The eight UniVL losses (MELTR's Table 7 / appendix A.1), and the sentiment regression loss, as
+one configurable loss source.
 
 S, V are the text and video encoder outputs of the clean inputs, S', V' those of the masked text
 (``mlm_ids``) and masked frames (``masked_features``), both made by :class:`UniVLMasking`.
@@ -19,17 +20,21 @@ S, V are the text and video encoder outputs of the clean inputs, S', V' those of
   :class:`UniVLDecoderInputs`), cross-entropy against ``decoder_targets``; like the release it
   averages over every position including the [PAD] targets, unless ``count_padding=False``.
 - ``m_decoder``: the same on cross(S', V').
+- ``sentiment`` (multimodal sentiment analysis; not a UniVL pretraining loss): the mean absolute
+  error between ``model(mode="regress", text=S, video=V)["prediction"]`` and the batch's
+  ``label`` (MMSA's L1 regression loss, the quantity the MAE metric reports).
 
 One cross pass over (S', V') serves ``cmlm``, ``cmfm`` and ``m_decoder`` (the release runs a
 second one for ``m_decoder``; identical without dropout), one over (S, V) serves ``decoder``.
 
 Data parallelism (``meltr.backbones.losses``): ``joint`` / ``m_joint`` rank the features gathered
 from every rank, ``cmlm`` and ``cmfm`` divide by the global count of masked tokens / frames and
-``cmfm`` contrasts with the gathered frames of every rank, ``decoder`` / ``m_decoder`` average
-over equal-sized shards: all exact (the mean over ranks of loss and gradient is the
-single-process value of the global batch). ``align`` / ``m_align`` are not: their negatives are
-the videos of the rank's own slice (B_local x B_local cross passes, as the release computes
-them per GPU); the global B x B would cost world-size times as many cross-encoder passes.
+``cmfm`` contrasts with the gathered frames of every rank, ``decoder`` / ``m_decoder`` and
+``sentiment`` average over equal-sized shards: all exact (the mean over ranks of loss and
+gradient is the single-process value of the global batch). ``align`` / ``m_align`` are not:
+their negatives are the videos of the rank's own slice (B_local x B_local cross passes, as the
+release computes them per GPU); the global B x B would cost world-size times as many
+cross-encoder passes.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ from torch import Tensor, nn
 
 from meltr.backbones.losses import IGNORE_INDEX, gather_across_ranks, masked_token_loss, require
 
-TASKS = ("joint", "m_joint", "align", "m_align", "cmlm", "cmfm", "decoder", "m_decoder")
+# The eight losses of UniVL's pretraining (MELTR's Table 7), then the downstream regression loss.
+PRETRAINING_TASKS = ("joint", "m_joint", "align", "m_align", "cmlm", "cmfm", "decoder", "m_decoder")
+TASKS = (*PRETRAINING_TASKS, "sentiment")
 # Which text the encoder reads: the caption (retrieval; captioning targets the same caption),
 # the transcript (captioning with transcripts) or none (captioning from video alone: the
 # release's empty text "[CLS] [SEP]").
@@ -107,7 +114,8 @@ def frame_nce_loss(
 
 class UniVLLoss:
     """``loss_source(model, batch) -> {task: scalar}`` for :class:`UniVL`, ``tasks`` in order (the
-    first is the primary: ``align`` for retrieval and sentiment, ``decoder`` for captioning).
+    first is the primary: ``align`` for retrieval, ``decoder`` for captioning, ``sentiment`` for
+    sentiment analysis).
 
     ``text_input`` picks the encoder's text: ``"caption"`` (``text_ids``/``text_mask``),
     ``"transcript"`` (``transcript_ids``/``transcript_mask``) or ``"none"`` (``[CLS] [SEP]``
@@ -117,7 +125,8 @@ class UniVLLoss:
     Batch keys read: ``features``, ``feature_mask``, the text of ``text_input``; for the masked
     tasks ``mlm_ids``, ``mlm_labels``, ``masked_features``, ``frame_mask_labels``
     (:class:`UniVLMasking`); for ``decoder`` / ``m_decoder`` ``decoder_ids``,
-    ``decoder_mask``, ``decoder_targets`` (:class:`UniVLDecoderInputs`). Randomness (dropout)
+    ``decoder_mask``, ``decoder_targets`` (:class:`UniVLDecoderInputs`); for ``sentiment``
+    ``label`` (float ``[B]``). Randomness (dropout)
     comes only from the global torch RNG.
     """
 
@@ -276,3 +285,9 @@ class _Passes:
     @property
     def m_decoder(self) -> Tensor:
         return self._decoder(self.masked_cross)
+
+    @property
+    def sentiment(self) -> Tensor:
+        (labels,) = require(self.batch, "label")
+        prediction = self.model(mode="regress", text=self.text, video=self.video)["prediction"]
+        return F.l1_loss(prediction, labels.to(prediction.dtype))

@@ -12,6 +12,12 @@ Tied parameters (one tensor, several state-dict names), as in the release:
 - the BERT position embeddings = the decoder's position embeddings;
 - the visual input projection (``visual.embeddings.word_embeddings.weight``, ``[D, F]``) = the
   frame-prediction head's weight (``cls_visual.predictions.weight``).
+
+Two heads the release's pretraining does not have, built only when asked for (a loaded
+``univl.pretrained.bin`` reports them missing): ``feature_projection`` (``feature_dim`` set, for
+input features that are not ``video_dim``-dimensional, e.g. CMU-MOSI's 20-d Facet features) and
+``sentiment_dense`` (``sentiment_head=True``, the regression head of multimodal sentiment
+analysis).
 """
 
 from __future__ import annotations
@@ -416,6 +422,7 @@ MODE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "normalize": (("features",), ()),
     "cross": (("text", "video"), ("mlm_positions", "mfm_positions")),
     "score": (("text", "video"), ()),
+    "regress": (("text", "video"), ()),
     "decode": (("cross", "decoder_ids", "decoder_mask"), ()),
     "generate": (
         ("features", "feature_mask", "bos_id", "eos_id", "pad_id", "max_length"),
@@ -435,12 +442,13 @@ class UniVL(nn.Module):
       text encoder's last layer), ``text_mask``, and ``text_feat`` ``[B, D]``: the mean of
       ``text_hidden`` over real positions except position 0 ([CLS]; [SEP] included),
       L2-normalised (the release's joint-loss and dual-retrieval feature).
-    - ``"video"``: ``features`` ``[B, T, F]`` (raw S3D features, zero-padded), ``feature_mask``
-      ``[B, T]`` -> ``video_hidden`` ``[B, T, D]``, ``feature_mask``, and ``video_feat``
-      ``[B, D]``: the L2-normalised mean of ``video_hidden`` over real frames. The raw features
-      go through ``normalize_video`` (LayerNorm) first.
+    - ``"video"``: ``features`` ``[B, T, F_in]`` (raw S3D features, zero-padded; ``F_in`` is
+      ``feature_dim`` when set, else ``F``), ``feature_mask`` ``[B, T]`` -> ``video_hidden``
+      ``[B, T, D]``, ``feature_mask``, and ``video_feat`` ``[B, D]``: the L2-normalised mean of
+      ``video_hidden`` over real frames. The raw features go through ``feature_projection``
+      (``feature_dim`` set: Linear ``F_in -> F``) and ``normalize_video`` (LayerNorm) first.
     - ``"normalize"``: ``features`` -> ``normalized_features`` ``[B, T, F]`` (the clean targets
-      of masked frame modelling).
+      of masked frame modelling: projected when ``feature_dim`` is set, then LayerNormed).
     - ``"cross"``: ``text`` (a ``"text"`` output, or any dict with ``text_hidden``/``text_mask``),
       ``video`` (likewise ``video_hidden``/``feature_mask``), same B -> ``cross_hidden``
       ``[B, L+T, D]``, ``cross_mask`` ``[B, L+T]``, ``pooled`` ``[B, D]``; with
@@ -450,6 +458,9 @@ class UniVL(nn.Module):
     - ``"score"``: ``text`` rows ``[Bt]``, ``video`` rows ``[Bv]`` (as for ``"cross"``) ->
       ``scores`` ``[Bt, Bv]``: ``similarity_dense(pooled cross(text_i, video_j))`` for every
       pair, computed ``score_pairs_per_pass`` pairs at a time.
+    - ``"regress"`` (``sentiment_head=True``): ``text``, ``video`` (as for ``"cross"``, same B)
+      -> ``prediction`` ``[B]``: ``sentiment_dense(pooled cross(text_i, video_i))``, the
+      sentiment score of each pair.
     - ``"decode"``: ``cross`` (a ``"cross"`` output), ``decoder_ids``, ``decoder_mask``
       ``[B, Ld]`` -> ``logits`` ``[B, Ld, V]`` (teacher forcing; causal self-attention over
       real decoder positions, attention over the real cross positions).
@@ -478,12 +489,17 @@ class UniVL(nn.Module):
         dropout: float = 0.1,
         initializer_range: float = 0.02,
         score_pairs_per_pass: int = 1024,
+        feature_dim: int | None = None,
+        sentiment_head: bool = False,
     ) -> None:
         super().__init__()
         if score_pairs_per_pass < 1:
             raise ValueError(f"score_pairs_per_pass must be >= 1, got {score_pairs_per_pass}")
+        if feature_dim is not None and (not isinstance(feature_dim, int) or feature_dim < 1):
+            raise ValueError(f"feature_dim must be None or an integer >= 1, got {feature_dim!r}")
         self.vocab_size = vocab_size
         self.video_dim = video_dim
+        self.feature_dim = video_dim if feature_dim is None else feature_dim
         self.initializer_range = initializer_range
         self.score_pairs_per_pass = score_pairs_per_pass
         sizes = (hidden_size, heads, intermediate_size, dropout)
@@ -499,6 +515,10 @@ class UniVL(nn.Module):
         self.cls_visual = FrameHead(self.visual.embeddings.word_embeddings.weight)
         self.similarity_dense = nn.Linear(hidden_size, 1)
         self.normalize_video = VideoNormalizer(video_dim)
+        if feature_dim is not None:
+            self.feature_projection = nn.Linear(feature_dim, video_dim)
+        if sentiment_head:
+            self.sentiment_dense = nn.Linear(hidden_size, 1)
         self.reset_parameters()
 
     @property
@@ -571,9 +591,9 @@ class UniVL(nn.Module):
         }
 
     def _check_features(self, features: Tensor) -> None:
-        if features.dim() != 3 or features.shape[2] != self.video_dim:
+        if features.dim() != 3 or features.shape[2] != self.feature_dim:
             raise ValueError(
-                f"features must be [B, T, {self.video_dim}], got {tuple(features.shape)}"
+                f"features must be [B, T, {self.feature_dim}], got {tuple(features.shape)}"
             )
         if features.shape[1] > self.max_frames:
             raise ValueError(
@@ -583,7 +603,10 @@ class UniVL(nn.Module):
 
     def _normalized(self, features: Tensor) -> Tensor:
         self._check_features(features)
-        return self.normalize_video(features.to(self.normalize_video.visual_norm2d.weight.dtype))
+        features = features.to(self.normalize_video.visual_norm2d.weight.dtype)
+        if hasattr(self, "feature_projection"):
+            features = self.feature_projection(features)
+        return self.normalize_video(features)
 
     def _normalize(self, features: Tensor) -> dict[str, Tensor]:
         return {"normalized_features": self._normalized(features)}
@@ -628,13 +651,7 @@ class UniVL(nn.Module):
         mlm_positions: Tensor | None = None,
         mfm_positions: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        text_hidden, text_mask = _rows(text, "text", ("text_hidden", "text_mask"))
-        video_hidden, feature_mask = _rows(video, "video", ("video_hidden", "feature_mask"))
-        if text_hidden.shape[0] != video_hidden.shape[0]:
-            raise ValueError(
-                f"mode='cross' pairs text and video row by row: {text_hidden.shape[0]} text "
-                f"rows, {video_hidden.shape[0]} video rows"
-            )
+        text_hidden, text_mask, video_hidden, feature_mask = _paired_rows(text, video, "cross")
         cross_hidden, cross_mask, pooled = self._cross_pass(
             text_hidden, text_mask, video_hidden, feature_mask
         )
@@ -665,6 +682,16 @@ class UniVL(nn.Module):
             )
             blocks.append(self.similarity_dense(pooled).view(count, num_videos))
         return {"scores": torch.cat(blocks)}
+
+    def _regress(
+        self, text: Mapping[str, Tensor], video: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        if not hasattr(self, "sentiment_dense"):
+            raise ValueError(
+                "mode='regress' needs the regression head: build UniVL(sentiment_head=True)"
+            )
+        *_, pooled = self._cross_pass(*_paired_rows(text, video, "regress"))
+        return {"prediction": self.sentiment_dense(pooled).squeeze(-1)}
 
     # ----- decoder -----
 
@@ -754,6 +781,21 @@ def _check_pair(name: str, tensor: Tensor, mask_name: str, mask: Tensor) -> None
             f"{name} and {mask_name} must both be [B, N]; got {tuple(tensor.shape)} and "
             f"{tuple(mask.shape)}"
         )
+
+
+def _paired_rows(
+    text: Mapping[str, Tensor], video: Mapping[str, Tensor], mode: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(text_hidden, text_mask, video_hidden, feature_mask)`` of a mode that pairs text row i
+    with video row i; ValueError when the row counts differ."""
+    text_hidden, text_mask = _rows(text, "text", ("text_hidden", "text_mask"))
+    video_hidden, feature_mask = _rows(video, "video", ("video_hidden", "feature_mask"))
+    if text_hidden.shape[0] != video_hidden.shape[0]:
+        raise ValueError(
+            f"mode={mode!r} pairs text and video row by row: {text_hidden.shape[0]} text "
+            f"rows, {video_hidden.shape[0]} video rows"
+        )
+    return text_hidden, text_mask, video_hidden, feature_mask
 
 
 def _rows(outputs: Mapping[str, Tensor], argument: str, keys: tuple[str, str]) -> list[Tensor]:

@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from univl_tiny import TINY, VOCAB, collate, tiny_items
 
 from meltr.backbones.univl import UniVL, UniVLLoss, UniVLMasking
-from meltr.backbones.univl.losses import TASKS
+from meltr.backbones.univl.losses import PRETRAINING_TASKS as TASKS
 
 MARGIN = 0.1
 
