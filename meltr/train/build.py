@@ -41,11 +41,14 @@ def construct(binding: str, factory: Callable[..., Any], *args: Any, **kwargs: A
 
 
 def read_recipe() -> tuple[RunSettings, Recipe]:
-    """The parsed recipe's ``train.*`` settings and ``Recipe.*`` components (gin fills both).
+    """The parsed recipe's ``train.*`` settings and ``Recipe.*`` components (gin fills both);
+    applies ``train.num_threads``.
 
     A missing or invalid binding is a ConfigError naming it.
     """
     settings = construct("train", gin.get_configurable("train"))
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
     recipe = construct("Recipe", gin.get_configurable("Recipe"))
     return settings, recipe
 

@@ -70,7 +70,8 @@ class RunSettings:
     files you trust); checkpoint_meta_loss: also start the meta loss from the checkpoint's meta
     network; max_consecutive_skips: stop the run after this many inner updates in a row were
     skipped for non-finite values; health_patience: log records in a row before a health warning
-    (``meltr.train.health``).
+    (``meltr.train.health``); num_threads: torch's CPU threads (None: torch's default; on a CPU
+    shared with other jobs, 1 is often much faster).
     """
 
     steps: int
@@ -90,6 +91,7 @@ class RunSettings:
     checkpoint_meta_loss: bool = False
     max_consecutive_skips: int = 20
     health_patience: int = 10
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every")
@@ -99,6 +101,10 @@ class RunSettings:
                 raise ConfigError(f"train.{name} must be an integer >= 1, got {value!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ConfigError(f"train.seed must be an integer >= 0, got {self.seed!r}")
+        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
+            raise ConfigError(
+                f"train.num_threads must be None or an integer >= 1, got {self.num_threads!r}"
+            )
         if self.eval_batch_size is not None and (
             not _is_int(self.eval_batch_size) or self.eval_batch_size < 1
         ):

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from meltr.backbones.checkpoint import (
     LoadReport,
+    fit_rows,
     read_state_dict,
     shape_mismatch,
     strip_prefixes,
@@ -100,16 +101,8 @@ def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor
     """``value`` reshaped to ``current``'s shape where the format allows it, else ValueError."""
     if value.shape == current.shape:
         return value
-    if key in POSITION_KEYS and value.dim() == current.dim() == 2:
-        if value.shape[1] == current.shape[1]:
-            rows, wanted = value.shape[0], current.shape[0]
-            if rows > wanted:
-                report.adapted[key] = f"cropped from {rows} to {wanted} positions"
-                return value[:wanted]
-            fitted = current.clone()
-            fitted[:rows] = value
-            report.adapted[key] = f"rows 0..{rows - 1} loaded, rows {rows}..{wanted - 1} kept"
-            return fitted
+    if key in POSITION_KEYS:
+        return fit_rows(key, value, current, report)
     raise shape_mismatch(key, value, current)
 
 
