@@ -1,0 +1,195 @@
+"""Run one recipe under several loss-combination methods and seeds, each as a ``tools/train.py``
+run, kept under ``output/<method>/seed-<k>``.
+
+A method is a name and a list of specs, each a gin file (``gin/baselines/mtl.gin``) or a binding
+(``MetaLearner.solver=@Neumann()``); an empty list is the recipe as it is.
+Bindings given for every run (``--gin_param`` and sweep-style ``--X.y=v``) go into
+``output/shared.gin``, read by each run after the recipe's and the method's files, so that one a
+method does not use (a meta-network size under a fixed-weights baseline) is not an error there;
+gin still refuses an unknown name when the plan is made. A method's own bindings come last.
+
+``output/comparison.json`` records the plan; a later call with the same plan resumes it: a finished
+run (one with ``results.json``) is kept, an interrupted one is continued with ``--resume``, a
+missing one is run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings, value_to_gin
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
+PLAN_FILE = "comparison.json"
+SHARED_FILE = "shared.gin"
+_METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CONFIG_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way of training: extra gin files and bindings applied after the recipe's."""
+
+    name: str
+    gin_files: tuple[str, ...] = ()
+    bindings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every run of a comparison: the recipe files, the bindings shared by every run, the
+    methods and the seeds."""
+
+    gin_files: tuple[str, ...]
+    shared_bindings: tuple[str, ...]
+    methods: tuple[Method, ...]
+    seeds: tuple[int, ...]
+
+    def run_dir(self, output: Path, method: Method, seed: int) -> Path:
+        return output / method.name / f"seed-{seed}"
+
+    def command(self, output: Path, method: Method, seed: int, resume: bool) -> list[str]:
+        """The ``tools/train.py`` command line of one run (the seed bound to ``train.seed``)."""
+        command = [sys.executable, str(TRAIN_SCRIPT)]
+        for path in (*self.gin_files, *method.gin_files, str(output / SHARED_FILE)):
+            command += ["--gin", path]
+        for binding in method.bindings:
+            command += ["--gin_param", binding]
+        command += [f"--train.seed={seed}"]
+        command += ["--output", str(self.run_dir(output, method, seed))]
+        return command + (["--resume"] if resume else [])
+
+
+def parse_method(text: str) -> Method:
+    """``NAME=SPEC[;SPEC...]`` -> Method; a SPEC ending in ``.gin`` is a file, any other is a
+    ``Configurable.param=value`` binding. ConfigError naming the argument when malformed."""
+    name, has_spec, specs = text.partition("=")
+    if not has_spec or not _METHOD_NAME.match(name):
+        raise ConfigError(
+            f"--method {text!r}: expected NAME=SPEC[;SPEC...] with NAME made of letters, digits, "
+            "'_', '-' or '.' (e.g. multi-task=gin/baselines/mtl.gin)"
+        )
+    gin_files, bindings = [], []
+    for spec in filter(None, (part.strip() for part in specs.split(";"))):
+        if spec.endswith(".gin"):
+            gin_files.append(spec)
+            continue
+        selector, has_value, value = spec.partition("=")
+        if not has_value:
+            raise ConfigError(f"--method {name}: {spec!r} is neither a .gin file nor X.y=value")
+        selector = selector.strip()
+        bindings.append(f"{selector} = {value_to_gin(selector, value)}")
+    return Method(name, tuple(gin_files), tuple(bindings))
+
+
+def make_plan(
+    gin_files: Sequence[str],
+    bindings: Sequence[str],
+    extra_args: Sequence[str],
+    methods: Sequence[str],
+    seeds: int,
+) -> Plan:
+    """The checked plan. ConfigError (before anything is created) for no methods, a repeated
+    method name, fewer than one seed, or a method whose configuration gin cannot parse (a
+    missing file, an unknown configurable or parameter, a value that does not parse)."""
+    if not methods:
+        raise ConfigError(
+            "no --method given (e.g. --method meltr= --method mtl=gin/baselines/mtl.gin)"
+        )
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    parsed = tuple(parse_method(text) for text in methods)
+    names = [method.name for method in parsed]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--method names must be unique; repeated: {', '.join(repeated)}")
+    shared = (*bindings, *sweep_args_to_bindings(extra_args))
+    for method in parsed:
+        try:
+            parse_gin([*gin_files, *method.gin_files], [*shared, *method.bindings])
+        except ConfigError as error:
+            raise ConfigError(f"method {method.name}: {error}") from None
+    return Plan(tuple(gin_files), shared, parsed, tuple(range(seeds)))
+
+
+def plan_record(plan: Plan) -> dict:
+    """The JSON form of ``plan`` written to ``comparison.json``."""
+    return json.loads(json.dumps(asdict(plan)))
+
+
+def open_output(output: Path, plan: Plan) -> None:
+    """Create ``output`` with its ``comparison.json`` and ``shared.gin``, or check that the
+    comparison there has the same plan (ConfigError otherwise: an existing comparison is never
+    mixed with another)."""
+    path = output / PLAN_FILE
+    record = plan_record(plan)
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != record:
+            raise ConfigError(
+                f"{output} holds a comparison with another plan ({path}); choose a new --output, "
+                "or repeat the original command to resume it"
+            )
+        return
+    if output.exists() and any(output.iterdir()):
+        raise ConfigError(f"--output {output} exists and is not a comparison directory")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / SHARED_FILE).write_text("".join(f"{binding}\n" for binding in plan.shared_bindings))
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one (method, seed) run: ``status`` is ``done`` (results.json written),
+    ``failed`` (exit code ``returncode``; its output is in ``log``) or ``kept`` (finished
+    before)."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    status: str
+    returncode: int = 0
+    log: Path | None = None
+
+
+def run_all(plan: Plan, output: Path) -> list[RunOutcome]:
+    """Run every (method, seed) of ``plan`` not finished yet, one after the other, each writing
+    its output to ``output/<method>/seed-<k>.log``. Stops at the first run that fails with a
+    configuration error (exit 2: every other run would too) and raises ConfigError quoting its
+    log; a run that diverges (exit 1) is recorded and the others go on."""
+    outcomes = []
+    pairs = [(method, seed) for method in plan.methods for seed in plan.seeds]
+    with tqdm(total=len(pairs), desc="compare", unit="run", dynamic_ncols=True) as bar:
+        for method, seed in pairs:
+            run_dir = plan.run_dir(output, method, seed)
+            bar.set_postfix_str(f"{method.name} seed {seed}")
+            if (run_dir / "results.json").is_file():
+                outcomes.append(RunOutcome(method.name, seed, run_dir, "kept"))
+                bar.update(1)
+                continue
+            resume = (run_dir / "config.gin").is_file()
+            log = run_dir.parent / f"{run_dir.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as file:
+                returncode = subprocess.call(
+                    plan.command(output, method, seed, resume),
+                    stdout=file,
+                    stderr=subprocess.STDOUT,
+                )
+            if returncode == CONFIG_ERROR:
+                tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+                raise ConfigError(f"run {method.name} seed {seed} (log {log}):\n{tail}")
+            status = (
+                "done" if returncode == 0 and (run_dir / "results.json").is_file() else "failed"
+            )
+            outcomes.append(RunOutcome(method.name, seed, run_dir, status, returncode, log))
+            bar.update(1)
+    return outcomes

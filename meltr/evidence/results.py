@@ -1,0 +1,186 @@
+"""The results of a comparison: one row per run, a table per method with the seed spread, the gain
+over a baseline method with a paired t-test, and a plot.
+
+Each run's numbers come from its ``results.json`` (written by the training loop from the
+evaluations it logged to ``metrics.jsonl``): the selection metric and the test metrics of the
+selected checkpoint (``best/...``) and of the last one (``last/...``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meltr.evidence.stats import PairedTest, Summary, paired_t_test, summarize
+
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One finished run: its selection metric (``selection``, e.g. ``val/t2v_R@1``, and whether
+    higher is better) and its metrics, keyed ``best/<test metric>``, ``last/<test metric>``,
+    ``selection/value`` and ``best_step``."""
+
+    method: str
+    seed: int
+    selection: str
+    higher_is_better: bool
+    metrics: dict[str, float]
+
+
+def read_run(method: str, seed: int, run_dir: Path) -> RunResult:
+    """The ``RunResult`` of the finished run in ``run_dir`` (from its ``results.json``)."""
+    report = json.loads((run_dir / "results.json").read_text())
+    selection = report["selection"]
+    metrics = {"selection/value": selection["best_value"], "best_step": selection["best_step"]}
+    for which in ("best", "last"):
+        metrics |= {
+            f"{which}/{key}": value for key, value in report[which].items() if key != "step"
+        }
+    return RunResult(method, seed, selection["metric"], selection["higher_is_better"], metrics)
+
+
+def headline_metric(results: Sequence[RunResult]) -> str:
+    """``best/test/<m>`` for the selection metric ``<split>/<m>``: the test score of the selected
+    checkpoint on the metric the selection used."""
+    selection = results[0].selection
+    return "best/test/" + selection.split("/", 1)[1]
+
+
+def write_csv(results: Sequence[RunResult], path: Path) -> None:
+    """One row per run: method, seed, selection metric, then every metric (sorted names)."""
+    columns = sorted({key for result in results for key in result.metrics})
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["method", "seed", "selection", *columns])
+        for result in results:
+            values = [result.metrics.get(column, "") for column in columns]
+            writer.writerow([result.method, result.seed, result.selection, *values])
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """A method's line of the table: the summary of ``metric`` over its seeds and, for methods
+    other than the baseline, the paired test against it over the seeds both have."""
+
+    method: str
+    seeds: tuple[int, ...]
+    summary: Summary
+    versus_baseline: PairedTest | None
+
+
+def method_rows(results: Sequence[RunResult], metric: str, baseline: str | None) -> list[MethodRow]:
+    """The table's rows for ``metric``, methods in their first-appearance order."""
+    by_method: dict[str, dict[int, float]] = {}
+    for result in results:
+        if metric in result.metrics and result.metrics[metric] is not None:
+            by_method.setdefault(result.method, {})[result.seed] = result.metrics[metric]
+    reference = by_method.get(baseline) if baseline is not None else None
+    rows = []
+    for method, values in by_method.items():
+        test = None
+        if reference is not None and method != baseline:
+            common = sorted(set(values) & set(reference))
+            if common:
+                test = paired_t_test([values[s] for s in common], [reference[s] for s in common])
+        rows.append(
+            MethodRow(method, tuple(sorted(values)), summarize(list(values.values())), test)
+        )
+    return rows
+
+
+def verdict(test: PairedTest, higher_is_better: bool, baseline: str) -> str:
+    """A plain statement of ``test`` (method minus baseline over common seeds)."""
+    if test.n < 2:
+        return f"one common seed with {baseline}: no test"
+    better = (test.mean_difference > 0) == higher_is_better
+    direction = "better" if better else "worse"
+    if test.mean_difference == 0:
+        return f"equal to {baseline} on every seed"
+    if test.p < SIGNIFICANCE:
+        return f"{direction} than {baseline} (p = {test.p:.3f} < {SIGNIFICANCE})"
+    return f"not distinguishable from {baseline} (p = {test.p:.2f})"
+
+
+def markdown_table(
+    results: Sequence[RunResult], metric: str, baseline: str | None, higher_is_better: bool
+) -> str:
+    """The markdown table of ``metric`` per method: n, mean, std, min, max, and the gain over
+    ``baseline`` (mean paired difference ± its standard error, p of the paired t-test)."""
+    lines = [
+        "| method | seeds | mean | std | min | max | gain over "
+        + (baseline or "baseline")
+        + " | paired t-test |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in method_rows(results, metric, baseline):
+        s, test = row.summary, row.versus_baseline
+        if test is None:
+            gain, statement = "-", "(baseline)" if row.method == baseline else "-"
+        else:
+            error = "" if math.isnan(test.standard_error) else f" ± {test.standard_error:.2f}"
+            gain = f"{test.mean_difference:+.2f}{error}"
+            statement = verdict(test, higher_is_better, baseline)
+        lines.append(
+            f"| {row.method} | {s.n} | {s.mean:.2f} | {s.std:.2f} | {s.min:.2f} | {s.max:.2f} "
+            f"| {gain} | {statement} |"
+        )
+    return "\n".join(lines)
+
+
+def write_markdown(
+    results: Sequence[RunResult],
+    path: Path,
+    metric: str,
+    baseline: str | None,
+    command: str,
+    failed: Sequence[str] = (),
+) -> None:
+    """``results.md``: the headline table for ``metric``, a table per other ``best/test/``
+    metric, the command, and the runs that failed."""
+    higher = results[0].higher_is_better
+    direction = "higher" if higher else "lower"
+    sections = [
+        f"# Comparison: {metric} ({direction} is better)",
+        f"Selection: each run's checkpoint with the best `{results[0].selection}`; its test "
+        "score is reported. Mean, sample std, min and max over seeds; the gain is the mean of "
+        "the per-seed differences to the baseline (same seed), ± its standard error, tested "
+        "with a two-sided paired t-test.",
+        markdown_table(results, metric, baseline, higher),
+    ]
+    others = sorted(
+        {key for r in results for key in r.metrics if key.startswith("best/test/")} - {metric}
+    )
+    for other in others:
+        sections += [f"## {other}", markdown_table(results, other, baseline, higher)]
+    sections += ["## Command", f"```\n{command}\n```"]
+    if failed:
+        sections += ["## Runs that did not finish", "\n".join(f"- {name}" for name in failed)]
+    path.write_text("\n\n".join(sections) + "\n")
+
+
+def plot(results: Sequence[RunResult], path: Path, metric: str) -> None:
+    """``metric`` per method: one dot per seed, the mean as a bar with ± std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = method_rows(results, metric, None)
+    figure, axes = plt.subplots(figsize=(1.3 * len(rows) + 2, 3.5))
+    for position, row in enumerate(rows):
+        values = [r.metrics[metric] for r in results if r.method == row.method]
+        axes.bar(position, row.summary.mean, color="#9ecae1", width=0.6)
+        axes.errorbar(position, row.summary.mean, yerr=row.summary.std, color="black", capsize=4)
+        axes.scatter([position] * len(values), values, color="#08519c", zorder=3, s=14)
+    axes.set_xticks(range(len(rows)), [row.method for row in rows], rotation=20)
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric}: mean ± std over seeds, dots = seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,137 @@
+"""tools/compare.py on tiny runs: the runs it makes, the table's numbers against the runs' own
+metrics.jsonl, resuming, and configuration errors before anything is created."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from train.conftest import _tiny_quickstart_args, no_network_wandb, tiny_dataset  # noqa: F401
+
+from meltr.evidence.compare_cli import main
+from meltr.evidence.stats import paired_t_test
+from meltr.train.run_log import read_jsonl
+
+METHODS = [
+    "--method",
+    "multi-task=gin/baselines/mtl.gin",
+    "--method",
+    "meltr=MetaLearner.gamma=0.2",
+]
+METRIC = "best/test/t2v_R@1"
+
+
+def recipe_args(dataset):
+    """The tiny quickstart command line without its --output."""
+    args = _tiny_quickstart_args(dataset["root"], dataset["vocab"], "unused")
+    at = args.index("--output")
+    return args[:at] + args[at + 2 :]
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_dataset, tmp_path_factory):  # noqa: F811
+    output = tmp_path_factory.mktemp("compare") / "out"
+    argv = [*recipe_args(tiny_dataset), *METHODS, "--seeds", "2", "--output", str(output)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        patch.setenv("WANDB_SILENT", "true")
+        assert main(argv) == 0
+    return output, argv
+
+
+def test_each_method_and_seed_is_a_run_with_its_seed_and_bindings(comparison):
+    output, _ = comparison
+    for method in ("multi-task", "meltr"):
+        for seed in (0, 1):
+            config = (output / method / f"seed-{seed}" / "config.gin").read_text()
+            assert f"train.seed = {seed}" in config
+            assert ("FixedWeights" in config) == (method == "multi-task")
+            if method == "meltr":
+                assert "MetaLearner.gamma = 0.2" in config
+
+
+def test_results_csv_holds_each_runs_logged_test_metric_at_its_selected_step(comparison):
+    output, _ = comparison
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("meltr", "0"), ("meltr", "1"), ("multi-task", "0"), ("multi-task", "1")
+    ]  # fmt: skip
+    for row in rows:
+        records = read_jsonl(output / row["method"] / f"seed-{row['seed']}" / "metrics.jsonl")
+        evaluations = [r for r in records if "test/t2v_R@1" in r]
+        # the tiny dataset has no val split: selection is on the test split, first best wins
+        selected = max(evaluations, key=lambda r: (r["test/t2v_R@1"], -r["step"]))
+        assert row["selection"] == "test/t2v_R@1"
+        assert int(float(row["best_step"])) == selected["step"]
+        assert float(row[METRIC]) == selected["test/t2v_R@1"]
+        assert float(row["selection/value"]) == selected["test/t2v_R@1"]
+        assert float(row["last/test/t2v_R@1"]) == evaluations[-1]["test/t2v_R@1"]
+
+
+def test_results_md_states_the_per_method_statistics_and_the_paired_gain(comparison):
+    output, _ = comparison
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    values = {
+        method: [
+            float(r[METRIC]) for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == method
+        ]
+        for method in ("multi-task", "meltr")
+    }
+    table = (output / "results.md").read_text().split("## ")[0]
+    lines = {
+        line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| m")
+    }
+    for method, seeds in values.items():
+        cells = [c.strip() for c in lines[method].split("|")[2:7]]
+        expected = [2, np.mean(seeds), np.std(seeds, ddof=1), min(seeds), max(seeds)]
+        assert cells == [str(expected[0]), *(f"{v:.2f}" for v in expected[1:])]
+    gain = np.mean(np.subtract(values["meltr"], values["multi-task"]))
+    assert f"| {gain:+.2f}" in lines["meltr"] and "(baseline)" in lines["multi-task"]
+    test = paired_t_test(values["meltr"], values["multi-task"])
+    if not np.isnan(test.p) and test.mean_difference != 0 and test.standard_error != 0:
+        assert f"p = {test.p:.2f}" in lines["meltr"] or f"p = {test.p:.3f}" in lines["meltr"]
+    assert "python tools/compare.py" in (output / "results.md").read_text()
+    assert (output / "results.png").stat().st_size > 1000
+
+
+def test_a_repeated_command_keeps_finished_runs_and_resumes_an_unfinished_one(comparison):
+    output, argv = comparison
+    finished = output / "meltr" / "seed-0" / "results.json"
+    kept = output / "multi-task" / "seed-1" / "results.json"
+    kept_stamp, report = kept.stat().st_mtime_ns, json.loads(finished.read_text())
+    finished.unlink()  # as if the run was stopped after its last checkpoint
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        assert main(argv) == 0
+    assert kept.stat().st_mtime_ns == kept_stamp
+    assert json.loads(finished.read_text())["best"] == report["best"]
+    assert (output / "meltr" / "seed-0.log").read_text().count("run directory:") == 2
+
+
+def test_another_plan_in_the_same_directory_is_refused(comparison, capsys):
+    output, argv = comparison
+    changed = [*argv, "--train.steps=8"]
+    assert main(changed) == 2
+    assert "another plan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("bad name=gin/baselines/mtl.gin", "NAME=SPEC"),
+        ("x=gin/baselines/missing.gin", "missing.gin"),
+        ("x=MetaLearner.nonexistent=1", "nonexistent"),
+        ("x=justaword", "neither a .gin file"),
+    ],
+)
+def test_a_bad_method_fails_before_anything_is_created(
+    tiny_dataset,  # noqa: F811
+    tmp_path,
+    capsys,
+    method,
+    message,
+):
+    output = tmp_path / "out"
+    argv = [*recipe_args(tiny_dataset), "--method", method, "--output", str(output)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err and not output.exists()
