@@ -74,6 +74,13 @@ TEMPLATES = (
     "{subject} on {background} is {gerund} {motion}",
     "there is {subject} {gerund} {motion} against {background}",
 )
+# Sentence templates by phrasing: "pretrain" clips use the first three, "downstream" clips the
+# gerund forms, "all" clips any (a new task phrasing for a pretrain-then-fine-tune setting).
+PHRASINGS = {"all": TEMPLATES, "pretrain": TEMPLATES[:3], "downstream": TEMPLATES[3:]}
+# Which (shape, colour) pairs clips may show: "unseen" ones are every third pair in table order
+# (7 of the 21, each colour with one shape), "seen" the rest, so that a corpus of "seen" clips and
+# a split of "unseen" ones share every attribute but no combination.
+COMBINATIONS = ("all", "seen", "unseen")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CODECS = ("mpeg4", "libx264")
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
@@ -109,10 +116,26 @@ class ClipDescription:
     fps: int
     codec: str
     num_captions: int
+    combinations: str = "all"
+    phrasing: str = "all"
 
 
-def sample_scene(rng: np.random.Generator, size: int) -> Scene:
-    """Draw attributes and a start position that keeps the shape inside a ``size``² frame."""
+def is_unseen_pair(shape: str, colour: str) -> bool:
+    """Whether (``shape``, ``colour``) is one of the pairs held out of ``combinations="seen"``."""
+    return (list(SHAPES).index(shape) + list(COLOURS).index(colour)) % 3 == 0
+
+
+def sample_scene(rng: np.random.Generator, size: int, combinations: str = "all") -> Scene:
+    """Draw attributes and a start position that keeps the shape inside a ``size``² frame; with
+    ``combinations`` "seen" or "unseen", redraw until the (shape, colour) pair is of that kind."""
+    while True:
+        scene = _draw_scene(rng, size)
+        unseen = is_unseen_pair(scene.shape, scene.colour)
+        if combinations == "all" or unseen == (combinations == "unseen"):
+            return scene
+
+
+def _draw_scene(rng: np.random.Generator, size: int) -> Scene:
     colour, background = rng.choice(list(COLOURS), size=2, replace=False)
     size_name = str(rng.choice(list(SIZES)))
     speed = str(rng.choice(list(SPEEDS)))
@@ -182,8 +205,9 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np
     return (np.abs(dy) <= radius) & (np.abs(dx) <= (dy + radius) / 2)
 
 
-def describe_scene(scene: Scene, rng: np.random.Generator) -> str:
-    """One caption of ``scene``: a random template filled with random synonyms."""
+def describe_scene(scene: Scene, rng: np.random.Generator, phrasing: str = "all") -> str:
+    """One caption of ``scene``: a random template of ``PHRASINGS[phrasing]`` filled with random
+    synonyms."""
 
     def pick(words):
         return str(rng.choice(list(words)))
@@ -196,7 +220,7 @@ def describe_scene(scene: Scene, rng: np.random.Generator) -> str:
     background_words = [texture, pick(COLOURS[scene.background][1]), pick(BACKGROUND_NOUNS)]
     background = " ".join(word for word in background_words if word)
     verb, gerund = VERBS[int(rng.integers(len(VERBS)))]
-    caption = pick(TEMPLATES).format(
+    caption = pick(PHRASINGS[phrasing]).format(
         subject=_with_article(subject),
         verb=verb,
         gerund=gerund,
@@ -259,10 +283,10 @@ def materialise_clip(description: ClipDescription) -> Sample:
     """Render, caption and encode one clip (the ``materialise`` of ``write_shards``)."""
     d = description
     rng = clip_rng(d.seed, d.split, d.index)
-    scene = sample_scene(rng, d.size)
+    scene = sample_scene(rng, d.size, d.combinations)
     captions: list[str] = []
     for _ in range(20 * d.num_captions):  # distinct captions; the grammar has thousands per scene
-        caption = describe_scene(scene, rng)
+        caption = describe_scene(scene, rng, d.phrasing)
         if caption not in captions:
             captions.append(caption)
         if len(captions) == d.num_captions:
@@ -287,9 +311,15 @@ def generate_synthetic_dataset(
     captions_per_train_video: int = 5,
     samples_per_shard: int = 256,
     codec: str = "mpeg4",
+    combinations: str = "all",
+    phrasing: str = "all",
     workers: int = 1,
 ) -> dict:
     """Write the synthetic dataset: train/test shards, ``vocab.txt`` and ``manifest.json``.
+
+    ``combinations`` ("all", "seen", "unseen"; see ``is_unseen_pair``) restricts the (shape,
+    colour) pairs every split shows, ``phrasing`` ("all", "pretrain", "downstream") the caption
+    templates; the vocabulary is the same for all of them.
 
     Resumes an interrupted run with the same arguments (complete shards are kept). ``workers``
     processes write shards in parallel; it does not change the output.
@@ -312,6 +342,8 @@ def generate_synthetic_dataset(
         "captions_per_train_video": captions_per_train_video,
         "samples_per_shard": samples_per_shard,
         "codec": codec,
+        "combinations": combinations,
+        "phrasing": phrasing,
     }
     _check_arguments(arguments)
     out_dir = Path(out_dir)
@@ -335,6 +367,7 @@ def generate_synthetic_dataset(
         if split == "val" and not count:
             continue
         common = dict(num_frames=num_frames, size=size, fps=fps, codec=codec, seed=seed)
+        common |= dict(combinations=combinations, phrasing=phrasing)
         descriptions = [
             ClipDescription(f"synth-{split}-{i:06d}", split, i, num_captions=num_captions, **common)
             for i in range(count)
@@ -395,8 +428,10 @@ def _check_arguments(arguments: dict) -> None:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if arguments["size"] % 2:
         raise ValueError(f"size must be even (yuv420p), got {arguments['size']}")
-    if arguments["codec"] not in CODECS:
-        raise ValueError(f"codec must be one of {CODECS}, got {arguments['codec']!r}")
+    choices = {"codec": CODECS, "combinations": COMBINATIONS, "phrasing": tuple(PHRASINGS)}
+    for name, allowed in choices.items():
+        if arguments[name] not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {arguments[name]!r}")
 
 
 def _dataset_files(directory: Path) -> list[Path]:
@@ -460,13 +495,18 @@ def cached_synthetic_dataset(
     num_frames: int = 4,
     size: int = 32,
     seed: int = 0,
+    combinations: str = "all",
+    phrasing: str = "all",
     workers: int = 2,
 ) -> dict:
     """The synthetic video dataset with these arguments, generated into ``cache_root() /
     synthetic-<arguments>`` if absent. Returns ``ensure_synthetic_dataset``'s paths."""
     arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test)
     arguments |= dict(num_frames=num_frames, size=size, seed=seed)
+    named = {"combinations": combinations, "phrasing": phrasing}
     suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
+    suffix += "".join(f"-{value}" for value in named.values() if value != "all")
+    arguments |= named
     return ensure_synthetic_dataset(
         cache_root() / f"synthetic-{suffix}", workers=workers, **arguments
     )

@@ -227,3 +227,40 @@ def test_ensure_completes_a_dataset_with_a_lost_shard_keeping_the_others(tmp_pat
 def test_bad_arguments_are_named(tmp_path, argument, value):
     with pytest.raises(ValueError, match=argument):
         generate_synthetic_dataset(tmp_path, **TINY | {argument: value})
+
+
+# The held-out (shape, colour) pairs, written out: each colour with exactly one shape.
+UNSEEN_PAIRS = {
+    ("circle", "red"), ("circle", "cyan"), ("circle", "white"),
+    ("square", "green"), ("square", "purple"),
+    ("triangle", "yellow"), ("triangle", "blue"),
+}  # fmt: skip
+PRETRAIN_OPENINGS = re.compile(r"^(on an? |an? \w+ \w+ \w+ (moves|slides|travels|glides) )")
+DOWNSTREAM_OPENINGS = re.compile(r"^(there is |an? \w+ \w+ \w+ on .* is \w+ing )")
+
+
+@pytest.mark.parametrize("combinations", ["seen", "unseen"])
+def test_combinations_and_phrasing_split_the_grammar(tmp_path, combinations):
+    phrasing = "pretrain" if combinations == "seen" else "downstream"
+    paths = generate_synthetic_dataset(
+        tmp_path, num_train=24, num_test=8, num_frames=4, size=32, seed=3,
+        combinations=combinations, phrasing=phrasing, captions_per_train_video=2,
+    )  # fmt: skip
+    pairs = set()
+    for split in ("train", "test"):
+        for _, meta in read_shards(paths[split]).values():
+            for caption in meta["captions"]:
+                parsed = parse_caption(caption)
+                pairs.add((parsed["shape"], parsed["colour"]))
+                opening = PRETRAIN_OPENINGS if phrasing == "pretrain" else DOWNSTREAM_OPENINGS
+                other = DOWNSTREAM_OPENINGS if phrasing == "pretrain" else PRETRAIN_OPENINGS
+                assert opening.match(caption) and not other.match(caption), caption
+    assert pairs <= UNSEEN_PAIRS if combinations == "unseen" else not pairs & UNSEEN_PAIRS
+    assert len(pairs) >= 5  # the restriction still leaves variety
+    assert json.load(open(paths["manifest"]))["arguments"]["combinations"] == combinations
+
+
+def test_all_combinations_draw_the_held_out_pairs_too():
+    scenes = [sample_scene(clip_rng(0, "train", i), 32) for i in range(300)]
+    pairs = {(scene.shape, scene.colour) for scene in scenes}
+    assert UNSEEN_PAIRS <= pairs and len(pairs) == 21
