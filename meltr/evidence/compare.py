@@ -161,12 +161,14 @@ class RunOutcome:
 
 
 def run_all(plan: Plan, output: Path) -> list[RunOutcome]:
-    """Run every (method, seed) of ``plan`` not finished yet, one after the other, each writing
+    """Run every (method, seed) of ``plan`` not finished yet, one after the other (all methods
+    on seed 0, then on seed 1, ...), each writing
     its output to ``output/<method>/seed-<k>.log``. Stops at the first run that fails with a
     configuration error (exit 2: every other run would too) and raises ConfigError quoting its
     log; a run that diverges (exit 1) is recorded and the others go on."""
     outcomes = []
-    pairs = [(method, seed) for method in plan.methods for seed in plan.seeds]
+    # seed-major, so that a comparison stopped early has every method on its first seeds
+    pairs = [(method, seed) for seed in plan.seeds for method in plan.methods]
     with tqdm(total=len(pairs), desc="compare", unit="run", dynamic_ncols=True) as bar:
         for method, seed in pairs:
             run_dir = plan.run_dir(output, method, seed)
