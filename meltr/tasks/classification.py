@@ -8,7 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from meltr.metrics.classification import topk_accuracy
-from meltr.tasks.common import ItemCounts, all_gather_objects, check_views, eval_mode, to_device
+from meltr.tasks.common import (
+    ItemCounts,
+    check_views,
+    concat_over_ranks,
+    eval_mode,
+    sum_over_views,
+    to_device,
+)
 
 
 class Classification:
@@ -35,14 +42,7 @@ class Classification:
             logits = model(mode="classify", **to_device(batch, self.input_keys, device))["logits"]
             probabilities.append(logits.float().softmax(dim=1).cpu())
             labels.append(batch["label"])
-        shares = [share for share in all_gather_objects((probabilities, labels)) if share[0]]
-        if not shares:
-            raise ValueError("the evaluation split is empty: its loader yielded no batch")
-        return (
-            torch.cat([p for share in shares for p in share[0]]),
-            torch.cat([label for share in shares for label in share[1]]),
-            counts,
-        )
+        return (*concat_over_ranks(probabilities, labels), counts)
 
     def evaluate(
         self,
@@ -55,14 +55,8 @@ class Classification:
         """``<split>/top<k>`` for each k, ``<split>/num_items``, ``<split>/num_corrupt``."""
         check_views(views, supports_views=True, task="classification")
         with eval_mode(model):
-            total, labels, counts = None, None, None
-            for view in [None] if views == 1 else range(views):
-                probabilities, view_labels, view_counts = self._scores(model, batches(view), device)
-                if total is None:
-                    total, labels, counts = probabilities, view_labels, view_counts
-                elif not torch.equal(view_labels, labels):
-                    raise ValueError(f"view {view} of the split differs in its items")
-                else:
-                    total = total + probabilities
+            total, labels, counts = sum_over_views(
+                lambda view: self._scores(model, batches(view), device), views, "items"
+            )
         metrics = topk_accuracy(total, labels, self.topk)
         return {f"{split}/{name}": value for name, value in metrics.items()} | counts.metrics(split)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 
 def is_distributed() -> bool:
@@ -24,6 +25,37 @@ def all_gather_objects(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def concat_over_ranks(*columns: list[Tensor]) -> tuple[Tensor, ...]:
+    """Each column (this rank's per-batch CPU tensors) concatenated over every rank in rank
+    order. ValueError when no rank had a batch. A collective: every rank must call it."""
+    shares = [share for share in all_gather_objects(columns) if share[0]]
+    if not shares:
+        raise ValueError("the evaluation split is empty: its loader yielded no batch")
+    return tuple(
+        torch.cat([part for share in shares for part in share[column]])
+        for column in range(len(columns))
+    )
+
+
+def sum_over_views(
+    score: Callable[[int | None], tuple[Tensor, Tensor, ItemCounts]], views: int, items: str
+) -> tuple[Tensor, Tensor, ItemCounts]:
+    """``score(view)`` returns ``(values [N, C], targets [N], counts)`` for one pass over a
+    split; the values summed over ``views`` passes (``None``, the deterministic view, when
+    ``views == 1``, else random views ``0 .. views - 1``), with the first pass's targets and
+    counts. ValueError naming ``items`` when a view's targets differ from the first's."""
+    total, targets, counts = None, None, None
+    for view in [None] if views == 1 else range(views):
+        values, view_targets, view_counts = score(view)
+        if total is None:
+            total, targets, counts = values, view_targets, view_counts
+        elif not torch.equal(view_targets, targets):
+            raise ValueError(f"view {view} of the split differs in its {items}")
+        else:
+            total = total + values
+    return total, targets, counts
 
 
 @contextlib.contextmanager

@@ -8,7 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from meltr.metrics.classification import OUT_OF_VOCABULARY, answer_accuracy
-from meltr.tasks.common import ItemCounts, all_gather_objects, check_views, eval_mode, to_device
+from meltr.tasks.common import (
+    ItemCounts,
+    check_views,
+    concat_over_ranks,
+    eval_mode,
+    sum_over_views,
+    to_device,
+)
 
 
 class QuestionAnswering:
@@ -56,14 +63,7 @@ class QuestionAnswering:
                 )
             probabilities.append(logits.float().softmax(dim=1).cpu())
             answers.append(answer_index)
-        shares = [share for share in all_gather_objects((probabilities, answers)) if share[0]]
-        if not shares:
-            raise ValueError("the evaluation split is empty: its loader yielded no batch")
-        return (
-            torch.cat([p for share in shares for p in share[0]]),
-            torch.cat([a for share in shares for a in share[1]]),
-            counts,
-        )
+        return (*concat_over_ranks(probabilities, answers), counts)
 
     def evaluate(
         self,
@@ -77,17 +77,9 @@ class QuestionAnswering:
         ``<split>/num_corrupt``."""
         check_views(views, supports_views=True, task="question answering")
         with eval_mode(model):
-            total, answers, counts = None, None, None
-            for view in [None] if views == 1 else range(views):
-                probabilities, view_answers, view_counts = self._probabilities(
-                    model, batches(view), device
-                )
-                if total is None:
-                    total, answers, counts = probabilities, view_answers, view_counts
-                elif not torch.equal(view_answers, answers):
-                    raise ValueError(f"view {view} of the split differs in its questions")
-                else:
-                    total = total + probabilities
+            total, answers, counts = sum_over_views(
+                lambda view: self._probabilities(model, batches(view), device), views, "questions"
+            )
         metrics = answer_accuracy(total.argmax(dim=1), answers)
         result = {f"{split}/{name}": float(value) for name, value in metrics.items()}
         return result | counts.metrics(split)

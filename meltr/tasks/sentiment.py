@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from meltr.metrics.sentiment import sentiment_metrics
-from meltr.tasks.common import ItemCounts, all_gather_objects, check_views, eval_mode, to_device
+from meltr.tasks.common import ItemCounts, check_views, concat_over_ranks, eval_mode, to_device
 
 
 class Sentiment:
@@ -49,14 +49,7 @@ class Sentiment:
             prediction = model(mode="regress", text=text, video=video)["prediction"]
             predictions.append(prediction.float().cpu())
             labels.append(batch["label"].float())
-        shares = [share for share in all_gather_objects((predictions, labels)) if share[0]]
-        if not shares:
-            raise ValueError("the evaluation split is empty: its loader yielded no batch")
-        return (
-            torch.cat([p for share in shares for p in share[0]]),
-            torch.cat([label for share in shares for label in share[1]]),
-            counts,
-        )
+        return (*concat_over_ranks(predictions, labels), counts)
 
     def evaluate(
         self,
