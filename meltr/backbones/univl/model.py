@@ -219,14 +219,13 @@ class DecoderEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(self.word_embeddings(ids) + positions))
 
 
-class TextEncoder(nn.Module):
-    """The release's ``bert``: embeddings, encoder, and a pooler that UniVL never uses (kept for
-    the checkpoint's keys)."""
+class EncoderStack(nn.Module):
+    """One of the release's ``bert`` (text), ``visual`` and ``cross`` modules: ``embeddings``,
+    ``encoder`` and a ``pooler`` that UniVL never uses (kept for the checkpoint's keys)."""
 
     def __init__(
         self,
-        vocab_size: int,
-        max_positions: int,
+        embeddings: nn.Module,
         layers: int,
         hidden_size: int,
         heads: int,
@@ -234,44 +233,7 @@ class TextEncoder(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        self.embeddings = TextEmbeddings(vocab_size, max_positions, hidden_size, dropout)
-        self.encoder = Encoder(layers, hidden_size, heads, intermediate_size, dropout)
-        self.pooler = Pooler(hidden_size)
-
-
-class VisualEncoder(nn.Module):
-    """The release's ``visual``: embeddings, encoder, and an unused pooler (checkpoint keys)."""
-
-    def __init__(
-        self,
-        video_dim: int,
-        max_positions: int,
-        layers: int,
-        hidden_size: int,
-        heads: int,
-        intermediate_size: int,
-        dropout: float,
-    ) -> None:
-        super().__init__()
-        self.embeddings = VisualEmbeddings(video_dim, max_positions, hidden_size, dropout)
-        self.encoder = Encoder(layers, hidden_size, heads, intermediate_size, dropout)
-        self.pooler = Pooler(hidden_size)
-
-
-class CrossEncoder(nn.Module):
-    """The release's ``cross``: embeddings over ``[text; video]``, encoder, pooler."""
-
-    def __init__(
-        self,
-        max_positions: int,
-        layers: int,
-        hidden_size: int,
-        heads: int,
-        intermediate_size: int,
-        dropout: float,
-    ) -> None:
-        super().__init__()
-        self.embeddings = CrossEmbeddings(max_positions, hidden_size, dropout)
+        self.embeddings = embeddings
         self.encoder = Encoder(layers, hidden_size, heads, intermediate_size, dropout)
         self.pooler = Pooler(hidden_size)
 
@@ -503,9 +465,12 @@ class UniVL(nn.Module):
         self.initializer_range = initializer_range
         self.score_pairs_per_pass = score_pairs_per_pass
         sizes = (hidden_size, heads, intermediate_size, dropout)
-        self.bert = TextEncoder(vocab_size, max_text_positions, text_layers, *sizes)
-        self.visual = VisualEncoder(video_dim, max_frame_positions, visual_layers, *sizes)
-        self.cross = CrossEncoder(max_cross_positions, cross_layers, *sizes)
+        text = TextEmbeddings(vocab_size, max_text_positions, hidden_size, dropout)
+        visual = VisualEmbeddings(video_dim, max_frame_positions, hidden_size, dropout)
+        cross = CrossEmbeddings(max_cross_positions, hidden_size, dropout)
+        self.bert = EncoderStack(text, text_layers, *sizes)
+        self.visual = EncoderStack(visual, visual_layers, *sizes)
+        self.cross = EncoderStack(cross, cross_layers, *sizes)
         word_weight = self.bert.embeddings.word_embeddings.weight
         position_weight = self.bert.embeddings.position_embeddings.weight
         self.decoder = CaptionDecoder(
