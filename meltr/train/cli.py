@@ -1,7 +1,7 @@
 """``tools/train.py``: parse the command line, configure gin, run the training.
 
     python tools/train.py --gin gin/quickstart.gin
-    python tools/train.py --gin gin/allinone_msrvtt.gin --gin_param "DATA_DIR='/data/msrvtt'" \\
+    python tools/train.py --gin RECIPE.gin --gin_param "DATA_DIR='/data/shards'" \\
         --MetaLearner.solver=@Neumann() --output runs/neumann
     python tools/train.py --output runs/neumann --resume
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import gin
 from gin import config_parser
 
-# Recipes include each other by repository-relative paths (``include 'gin/allinone_meltr.gin'``);
+# Recipes include each other by repository-relative paths (``include 'gin/baselines/mtl.gin'``);
 # searching the repository root makes that work from any working directory.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 gin.add_config_file_search_path(str(REPOSITORY_ROOT))

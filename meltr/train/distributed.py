@@ -218,7 +218,7 @@ def wrap_model(model: nn.Module, context: DistributedContext, config: Distribute
     """Wrap ``model`` for ``config.strategy`` in place (moving it to ``context.device`` for
     "ddp" / "fsdp"; a one-process model stays where it is).
 
-    The units are the ones the model names (``model.fsdp_units()``: transformer layers, ResNet
+    The units are the ones the model names (``model.fsdp_units()``: transformer layers, residual
     stages, ...). Activation checkpointing replaces each unit by a ``CheckpointWrapper``
     (state-dict keys are unchanged); "ddp"/"fsdp" turn every unit and the root into FSDP2 units
     whose parameters are ``DTensor``s (replicated or sharded). Returns ``model``; call it as

@@ -1,8 +1,8 @@
 """``tools/evaluate.py``: a recipe's task metrics of a checkpoint on one split of its data.
 
-    python tools/evaluate.py --gin gin/allinone_msrvtt.gin --views 3 \\
+    python tools/evaluate.py --gin RECIPE.gin --views 3 \\
       --checkpoint runs/x/checkpoints/best.pt \\
-      --gin_param "DATA_DIR='/data/msrvtt'" --gin_param "VOCAB='/data/vocab.txt'"
+      --gin_param "DATA_DIR='/data/shards'" --gin_param "VOCAB='/data/vocab.txt'"
 
 The checkpoint is one of ours (a ``checkpoints/*.pt`` file or a sharded ``step-*`` directory) or an
 official backbone file, read with the recipe's ``Recipe.checkpoint_loader`` under

@@ -1,6 +1,6 @@
 """``tools/inspect_checkpoint.py``: what a recipe's checkpoint loader makes of a file, as JSON.
 
-    python tools/inspect_checkpoint.py --gin gin/allinone_msrvtt.gin --checkpoint FILE \\
+    python tools/inspect_checkpoint.py --gin RECIPE.gin --checkpoint FILE \\
       --gin_param "VOCAB='/data/vocab.txt'"
 
 Builds the recipe's model (as ``tools/train.py`` does; the tokenizer only for the vocabulary size),
