@@ -4,6 +4,7 @@ of a rotated copy, Gidaris et al. 2018)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -55,16 +56,27 @@ class ImageClassificationLoss:
     ``mode="classify"`` and (for ``rotation``) ``mode="rotation"`` heads, e.g. ``CifarResNet``.
 
     Batch keys read: ``image`` ``[B, 3, H, W]``, ``label`` int64 ``[B]``. Randomness (mixing
-    weight and partners, rotations) comes only from the global torch RNG.
+    weight and partners, rotations) comes only from the global torch RNG. ``num_classes`` (when
+    given) sets the chance level of ``ce`` for the training-health check.
     """
 
     def __init__(
-        self, tasks: Iterable[str] = ("ce", "mixup", "rotation"), mixup_alpha: float = 1.0
+        self,
+        tasks: Iterable[str] = ("ce", "mixup", "rotation"),
+        mixup_alpha: float = 1.0,
+        num_classes: int | None = None,
     ) -> None:
         tasks = check_tasks(tasks, (PRIMARY_TASK,), AUXILIARY_TASKS)
         if not mixup_alpha > 0:
             raise ValueError(f"mixup_alpha must be > 0, got {mixup_alpha}")
-        self.tasks, self.mixup_alpha = tasks, mixup_alpha
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+            raise ValueError(f"num_classes must be None or an integer >= 2, got {num_classes!r}")
+        self.tasks, self.mixup_alpha, self.num_classes = tasks, mixup_alpha, num_classes
+
+    def chance_levels(self, batch_size: int) -> dict[str, float]:
+        """The losses of a classifier that predicts the uniform distribution: ``ce`` =
+        ln(num_classes) (nothing when ``num_classes`` is not given; ``batch_size`` is unused)."""
+        return {} if self.num_classes is None else {"ce": math.log(self.num_classes)}
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         image, label = require(batch, "image", "label")

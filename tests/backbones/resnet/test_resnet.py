@@ -67,6 +67,20 @@ def test_losses_match_their_formulas(tiny):
     assert list(losses) == ["ce", "mixup", "rotation"]
 
 
+def test_ce_chance_level_is_the_loss_of_uniform_predictions(tiny):
+    model, batch = tiny
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()  # every logit 0: the uniform distribution over 5 classes
+    with torch.no_grad():
+        uniform = ImageClassificationLoss(("ce",), num_classes=5)(model, batch)["ce"]
+    chance = ImageClassificationLoss(("ce",), num_classes=5).chance_levels(batch_size=6)
+    assert chance == {"ce": pytest.approx(uniform.item())}
+    assert ImageClassificationLoss(("ce",)).chance_levels(6) == {}
+    with pytest.raises(ValueError, match="num_classes"):
+        ImageClassificationLoss(("ce",), num_classes=1)
+
+
 @pytest.mark.parametrize("tasks", [("mixup", "ce"), ("ce", "jigsaw"), ("ce", "mixup", "mixup"), ()])
 def test_bad_task_lists_are_refused(tasks):
     with pytest.raises(ValueError, match="tasks"):
