@@ -162,10 +162,10 @@ class RunOutcome:
 
 def run_all(plan: Plan, output: Path) -> list[RunOutcome]:
     """Run every (method, seed) of ``plan`` not finished yet, one after the other (all methods
-    on seed 0, then on seed 1, ...), each writing
-    its output to ``output/<method>/seed-<k>.log``. Stops at the first run that fails with a
-    configuration error (exit 2: every other run would too) and raises ConfigError quoting its
-    log; a run that diverges (exit 1) is recorded and the others go on."""
+    on seed 0, then on seed 1, ...), each writing its output to ``output/<method>/seed-<k>.log``.
+    Stops at the first run that fails with a configuration error (exit 2: every other run would
+    too) and raises ConfigError quoting its log; a run that diverges (exit 1) is recorded and the
+    others go on."""
     outcomes = []
     # seed-major, so that a comparison stopped early has every method on its first seeds
     pairs = [(method, seed) for seed in plan.seeds for method in plan.methods]
