@@ -8,9 +8,9 @@ Bindings given for every run (``--gin_param`` and sweep-style ``--X.y=v``) go in
 method does not use (a meta-network size under a fixed-weights baseline) is not an error there;
 gin still refuses an unknown name when the plan is made. A method's own bindings come last.
 
-``output/comparison.json`` records the plan; a later call with the same plan resumes it: a finished
-run (one with ``results.json``) is kept, an interrupted one is continued with ``--resume``, a
-missing one is run.
+``output/comparison.json`` records the plan; a later call with the same plan (any number of seeds)
+resumes or extends it: a finished run (one with ``results.json``) is kept, an interrupted one is
+continued with ``--resume``, a missing one is run.
 """
 
 from __future__ import annotations
@@ -127,17 +127,19 @@ def plan_record(plan: Plan) -> dict:
 
 def open_output(output: Path, plan: Plan) -> None:
     """Create ``output`` with its ``comparison.json`` and ``shared.gin``, or check that the
-    comparison there has the same plan (ConfigError otherwise: an existing comparison is never
-    mixed with another)."""
+    comparison there has the same plan up to the number of seeds (ConfigError otherwise: an
+    existing comparison is never mixed with another). ``--seeds`` may change, to add seeds to a
+    finished comparison: the record then holds the new seeds."""
     path = output / PLAN_FILE
     record = plan_record(plan)
     if path.is_file():
         existing = json.loads(path.read_text())
-        if existing != record:
+        if {**existing, "seeds": None} != {**record, "seeds": None}:
             raise ConfigError(
                 f"{output} holds a comparison with another plan ({path}); choose a new --output, "
-                "or repeat the original command to resume it"
+                "or repeat the original command (any --seeds) to resume or extend it"
             )
+        path.write_text(json.dumps(record, indent=2) + "\n")
         return
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"--output {output} exists and is not a comparison directory")

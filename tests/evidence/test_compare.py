@@ -108,6 +108,19 @@ def test_a_repeated_command_keeps_finished_runs_and_resumes_an_unfinished_one(co
     assert (output / "meltr" / "seed-0.log").read_text().count("run directory:") == 2
 
 
+def test_more_seeds_extend_a_finished_comparison(comparison):
+    output, argv = comparison
+    stamps = {p: p.stat().st_mtime_ns for p in output.glob("*/seed-*/results.json")}
+    extended = [*argv[: argv.index("--seeds")], "--seeds", "3", *argv[argv.index("--seeds") + 2 :]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        assert main(extended) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seeds 0 and 1 kept
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    assert sorted(r["seed"] for r in rows if r["method"] == "meltr") == ["0", "1", "2"]
+    assert json.loads((output / "comparison.json").read_text())["seeds"] == [0, 1, 2]
+
+
 def test_another_plan_in_the_same_directory_is_refused(comparison, capsys):
     output, argv = comparison
     changed = [*argv, "--train.steps=8"]
