@@ -142,7 +142,7 @@ def write_markdown(
     failed: Sequence[str] = (),
 ) -> None:
     """``results.md``: the headline table for ``metric``, a table per other ``best/test/``
-    metric, the command, and the runs that failed."""
+    metric (item counts aside), the command, and the runs that failed."""
     higher = results[0].higher_is_better
     direction = "higher" if higher else "lower"
     sections = [
@@ -154,7 +154,13 @@ def write_markdown(
         markdown_table(results, metric, baseline, higher),
     ]
     others = sorted(
-        {key for r in results for key in r.metrics if key.startswith("best/test/")} - {metric}
+        {
+            key
+            for r in results
+            for key in r.metrics
+            if key.startswith("best/test/") and not key.startswith("best/test/num_")
+        }
+        - {metric}
     )
     for other in others:
         sections += [f"## {other}", markdown_table(results, other, baseline, higher)]
