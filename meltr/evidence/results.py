@@ -141,8 +141,9 @@ def write_markdown(
     command: str,
     failed: Sequence[str] = (),
 ) -> None:
-    """``results.md``: the headline table for ``metric``, a table per other ``best/test/``
-    metric (item counts aside), the command, and the runs that failed."""
+    """``results.md``: the headline table for ``metric`` and for the same metric of the last
+    checkpoint, a table per other ``best/test/`` metric (item counts aside), the command, and
+    the runs that failed."""
     higher = results[0].higher_is_better
     direction = "higher" if higher else "lower"
     sections = [
@@ -153,6 +154,12 @@ def write_markdown(
         "with a two-sided paired t-test.",
         markdown_table(results, metric, baseline, higher),
     ]
+    last = "last/" + metric.removeprefix("best/")
+    if metric.startswith("best/") and any(last in r.metrics for r in results):
+        sections += [
+            f"## {last}: the last checkpoint instead of the selected one",
+            markdown_table(results, last, baseline, higher),
+        ]
     others = sorted(
         {
             key
