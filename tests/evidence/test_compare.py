@@ -90,7 +90,11 @@ def test_results_md_states_the_per_method_statistics_and_the_paired_gain(compari
     test = paired_t_test(values["meltr"], values["multi-task"])
     if not np.isnan(test.p) and test.mean_difference != 0 and test.standard_error != 0:
         assert f"p = {test.p:.2f}" in lines["meltr"] or f"p = {test.p:.3f}" in lines["meltr"]
-    assert "python tools/compare.py" in (output / "results.md").read_text()
+    text = (output / "results.md").read_text()
+    assert "python tools/compare.py" in text
+    last = text.split("## last/test/t2v_R@1")[1].split("## ")[0]
+    last_meltr = [float(r["last/test/t2v_R@1"]) for r in rows if r["method"] == "meltr"]
+    assert f"| meltr | 2 | {np.mean(last_meltr):.2f} |" in last
     assert (output / "results.png").stat().st_size > 1000
 
 
