@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from train.conftest import _tiny_quickstart_args, no_network_wandb, tiny_dataset  # noqa: F401
+from tiny_recipe import tiny_quickstart_args
 
 from meltr.evidence.analysis import PNG, main
 from meltr.train.cli import main as train_main
@@ -19,13 +19,13 @@ WINDOW = 3
 
 
 @pytest.fixture(scope="module")
-def run(tiny_dataset, tmp_path_factory):  # noqa: F811
+def run(tiny_dataset, tmp_path_factory):
     """A finished 6-step quickstart run, analyzed with ``--window 3``: ``(run_dir, figures)``."""
     run_dir = tmp_path_factory.mktemp("analyze") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
         patch.setenv("WANDB_SILENT", "true")
-        args = _tiny_quickstart_args(tiny_dataset["root"], tiny_dataset["vocab"], run_dir)
+        args = tiny_quickstart_args(tiny_dataset["root"], tiny_dataset["vocab"], run_dir)
         assert train_main(args) == 0
         assert main([str(run_dir), "--window", str(WINDOW), "--points", "201"]) == 0
     figures = json.loads((run_dir / "analysis" / "figures.json").read_text())

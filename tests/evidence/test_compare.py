@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from train.conftest import _tiny_quickstart_args, no_network_wandb, tiny_dataset  # noqa: F401
+from tiny_recipe import tiny_quickstart_args
 
 from meltr.evidence.compare_cli import main
 from meltr.evidence.stats import paired_t_test
@@ -23,13 +23,13 @@ METRIC = "best/test/t2v_R@1"
 
 def recipe_args(dataset):
     """The tiny quickstart command line without its --output."""
-    args = _tiny_quickstart_args(dataset["root"], dataset["vocab"], "unused")
+    args = tiny_quickstart_args(dataset["root"], dataset["vocab"], "unused")
     at = args.index("--output")
     return args[:at] + args[at + 2 :]
 
 
 @pytest.fixture(scope="module")
-def comparison(tiny_dataset, tmp_path_factory):  # noqa: F811
+def comparison(tiny_dataset, tmp_path_factory):
     output = tmp_path_factory.mktemp("compare") / "out"
     argv = [*recipe_args(tiny_dataset), *METHODS, "--seeds", "2", "--output", str(output)]
     with pytest.MonkeyPatch.context() as patch:
@@ -142,7 +142,7 @@ def test_another_plan_in_the_same_directory_is_refused(comparison, capsys):
     ],
 )
 def test_a_bad_method_fails_before_anything_is_created(
-    tiny_dataset,  # noqa: F811
+    tiny_dataset,
     tmp_path,
     capsys,
     method,

@@ -1,0 +1,60 @@
+"""The tiny synthetic dataset and the quickstart command line shrunk to seconds, shared by the
+tests that train (``tests/train``, ``tests/evidence``). Their conftest files import the fixtures
+``tiny_dataset`` and ``no_network_wandb`` from here."""
+
+import pytest
+
+from meltr.data.synthetic import ensure_synthetic_dataset
+
+
+def make_tiny_dataset(directory) -> dict:
+    """32 train clips (one shard) and 16 test clips of 4 frames, 16 px, in ``directory``."""
+    return ensure_synthetic_dataset(
+        directory, num_train=32, num_test=16, num_frames=4, size=16, samples_per_shard=32
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """32 train clips (one shard) and 16 test clips of 4 frames, 16 px."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(autouse=True)
+def no_network_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def tiny_quickstart_args(data_dir: str, vocab: str, output) -> list[str]:
+    """The quickstart recipe at tiny sizes on ``data_dir`` (sweep-agent argument style)."""
+    return [
+        "--gin",
+        "gin/quickstart.gin",
+        f"--DATA_DIR={data_dir}",
+        f"--VOCAB={vocab}",
+        "--output",
+        str(output),
+        "--NUM_FRAMES=2",
+        "--IMAGE_SIZE=16",
+        "--RESIZE=16",
+        "--MAX_TEXT_LEN=20",
+        "--AllInOne.width=32",
+        "--AllInOne.depth=1",
+        "--AllInOne.heads=2",
+        "--AllInOne.mlp_ratio=1.0",
+        "--AllInOne.proj_dim=16",
+        "--MetaLossTransformer.dim=8",
+        "--MetaLossTransformer.heads=2",
+        "--MetaLossTransformer.ff_dim=8",
+        "--MetaLossTransformer.scale_hidden=8",
+        "--MetaLearner.meta_every=2",
+        "--MetaLearner.replay=3",
+        "--train_loader.num_workers=0",
+        "--eval_loader.num_workers=0",
+        "--train.batch_size=8",
+        "--train.steps=6",
+        "--train.eval_every=3",
+        "--train.checkpoint_every=3",
+        "--train.log_every=2",
+    ]
