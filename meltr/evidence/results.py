@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from meltr.evidence.stats import PairedTest, Summary, paired_t_test, summarize
 
 SIGNIFICANCE = 0.05
@@ -179,13 +182,10 @@ def write_markdown(
 
 def plot(results: Sequence[RunResult], path: Path, metric: str) -> None:
     """``metric`` per method: one dot per seed, the mean as a bar with ± std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = method_rows(results, metric, None)
-    figure, axes = plt.subplots(figsize=(1.3 * len(rows) + 2, 3.5))
+    figure = Figure(figsize=(1.3 * len(rows) + 2, 3.5), layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
     for position, row in enumerate(rows):
         values = [r.metrics[metric] for r in results if r.method == row.method]
         axes.bar(position, row.summary.mean, color="#9ecae1", width=0.6)
@@ -194,6 +194,4 @@ def plot(results: Sequence[RunResult], path: Path, metric: str) -> None:
     axes.set_xticks(range(len(rows)), [row.method for row in rows], rotation=20)
     axes.set_ylabel(metric)
     axes.set_title(f"{metric}: mean ± std over seeds, dots = seeds")
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
