@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results, args.output / "results.md", metric, baseline, command, failed
         )
         tables.plot(results, args.output / "results.png", metric)
-        print(tables.markdown_table(results, metric, baseline, results[0].higher_is_better))
+        print(tables.markdown_table(results, metric, baseline))
         print(f"results: {args.output / 'results.md'}, results.csv, results.png")
         if failed:
             print("runs that failed:\n" + "\n".join(failed), file=sys.stderr)

@@ -68,13 +68,16 @@ def write_csv(results: Sequence[RunResult], path: Path) -> None:
 
 @dataclass(frozen=True)
 class MethodRow:
-    """A method's line of the table: the summary of ``metric`` over its seeds and, for methods
-    other than the baseline, the paired test against it over the seeds both have."""
+    """A method's line of the table: its values of ``metric``, one per seed in seed order, and,
+    for methods other than the baseline, the paired test against it over the seeds both have."""
 
     method: str
-    seeds: tuple[int, ...]
-    summary: Summary
+    values: tuple[float, ...]
     versus_baseline: PairedTest | None
+
+    @property
+    def summary(self) -> Summary:
+        return summarize(self.values)
 
 
 def method_rows(results: Sequence[RunResult], metric: str, baseline: str | None) -> list[MethodRow]:
@@ -91,9 +94,7 @@ def method_rows(results: Sequence[RunResult], metric: str, baseline: str | None)
             common = sorted(set(values) & set(reference))
             if common:
                 test = paired_t_test([values[s] for s in common], [reference[s] for s in common])
-        rows.append(
-            MethodRow(method, tuple(sorted(values)), summarize(list(values.values())), test)
-        )
+        rows.append(MethodRow(method, tuple(values[s] for s in sorted(values)), test))
     return rows
 
 
@@ -110,11 +111,10 @@ def verdict(test: PairedTest, higher_is_better: bool, baseline: str) -> str:
     return f"not distinguishable from {baseline} (p = {test.p:.2f})"
 
 
-def markdown_table(
-    results: Sequence[RunResult], metric: str, baseline: str | None, higher_is_better: bool
-) -> str:
+def markdown_table(results: Sequence[RunResult], metric: str, baseline: str | None) -> str:
     """The markdown table of ``metric`` per method: n, mean, std, min, max, and the gain over
-    ``baseline`` (mean paired difference ± its standard error, p of the paired t-test)."""
+    ``baseline`` (mean paired difference ± its standard error, p of the paired t-test; better or
+    worse in the direction of the runs' selection metric)."""
     lines = [
         "| method | seeds | mean | std | min | max | gain over "
         + (baseline or "baseline")
@@ -128,7 +128,7 @@ def markdown_table(
         else:
             error = "" if math.isnan(test.standard_error) else f" ± {test.standard_error:.2f}"
             gain = f"{test.mean_difference:+.2f}{error}"
-            statement = verdict(test, higher_is_better, baseline)
+            statement = verdict(test, results[0].higher_is_better, baseline)
         lines.append(
             f"| {row.method} | {s.n} | {s.mean:.2f} | {s.std:.2f} | {s.min:.2f} | {s.max:.2f} "
             f"| {gain} | {statement} |"
@@ -147,21 +147,20 @@ def write_markdown(
     """``results.md``: the headline table for ``metric`` and for the same metric of the last
     checkpoint, a table per other ``best/test/`` metric (item counts aside), the command, and
     the runs that failed."""
-    higher = results[0].higher_is_better
-    direction = "higher" if higher else "lower"
+    direction = "higher" if results[0].higher_is_better else "lower"
     sections = [
         f"# Comparison: {metric} ({direction} is better)",
         f"Selection: each run's checkpoint with the best `{results[0].selection}`; its test "
         "score is reported. Mean, sample std, min and max over seeds; the gain is the mean of "
         "the per-seed differences to the baseline (same seed), ± its standard error, tested "
         "with a two-sided paired t-test.",
-        markdown_table(results, metric, baseline, higher),
+        markdown_table(results, metric, baseline),
     ]
     last = "last/" + metric.removeprefix("best/")
     if metric.startswith("best/") and any(last in r.metrics for r in results):
         sections += [
             f"## {last}: the last checkpoint instead of the selected one",
-            markdown_table(results, last, baseline, higher),
+            markdown_table(results, last, baseline),
         ]
     others = sorted(
         {
@@ -173,7 +172,7 @@ def write_markdown(
         - {metric}
     )
     for other in others:
-        sections += [f"## {other}", markdown_table(results, other, baseline, higher)]
+        sections += [f"## {other}", markdown_table(results, other, baseline)]
     sections += ["## Command", f"```\n{command}\n```"]
     if failed:
         sections += ["## Runs that did not finish", "\n".join(f"- {name}" for name in failed)]
@@ -187,10 +186,9 @@ def plot(results: Sequence[RunResult], path: Path, metric: str) -> None:
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     for position, row in enumerate(rows):
-        values = [r.metrics[metric] for r in results if r.method == row.method]
         axes.bar(position, row.summary.mean, color="#9ecae1", width=0.6)
         axes.errorbar(position, row.summary.mean, yerr=row.summary.std, color="black", capsize=4)
-        axes.scatter([position] * len(values), values, color="#08519c", zorder=3, s=14)
+        axes.scatter([position] * len(row.values), row.values, color="#08519c", zorder=3, s=14)
     axes.set_xticks(range(len(rows)), [row.method for row in rows], rotation=20)
     axes.set_ylabel(metric)
     axes.set_title(f"{metric}: mean ± std over seeds, dots = seeds")
