@@ -25,13 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from meltr.train.cli import CONFIG_ERROR
 from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings, value_to_gin
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 PLAN_FILE = "comparison.json"
 SHARED_FILE = "shared.gin"
 _METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-CONFIG_ERROR = 2
 
 
 @dataclass(frozen=True)
