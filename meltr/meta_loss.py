@@ -78,6 +78,11 @@ class MetaLossTransformer(nn.Module):
 
     Linear and embedding weights are initialised from N(0, 0.02), biases at zero (and the head
     at zero under ``init="sum"``).
+
+    The choice is state, not only configuration: the buffer ``sum_weight`` (1.0 under ``"sum"``,
+    0.0 under ``"paper"``) multiplies the sum, so a loaded ``state_dict`` computes what it computed
+    when it was saved, whatever ``init`` built the module. A state saved before the buffer existed
+    (every such network had the paper's parameterisation) loads as ``"paper"``.
     """
 
     def __init__(
@@ -100,7 +105,7 @@ class MetaLossTransformer(nn.Module):
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.num_tasks = num_tasks
         self.embedding = embedding
-        self.init = init
+        self.register_buffer("sum_weight", torch.tensor(1.0 if init == "sum" else 0.0))
         self.scale_embedding = (
             nn.Sequential(nn.Linear(1, scale_hidden), nn.ReLU(), nn.Linear(scale_hidden, dim))
             if "scale" in embedding
@@ -135,10 +140,17 @@ class MetaLossTransformer(nn.Module):
             tokens = tokens + task_tokens.expand(batched.shape[0], -1, -1)
         x = self.norm1(tokens + self.dropout(self.attention(tokens)))
         x = self.norm2(x + self.dropout(self.feed_forward(x)))
-        out = self.head(x.mean(dim=1)).squeeze(-1)
-        if self.init == "sum":
-            out = out + batched.sum(dim=-1)
+        out = self.head(x.mean(dim=1)).squeeze(-1) + self.sum_weight * batched.sum(dim=-1)
         return out if losses.dim() == 2 else out.squeeze(0)
+
+    @property
+    def init(self) -> str:
+        """The parameterisation this network computes: ``"sum"`` or ``"paper"``."""
+        return "sum" if bool(self.sum_weight) else "paper"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "sum_weight", torch.tensor(0.0))  # saved before the buffer
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class LinearMetaLoss(nn.Module):

@@ -118,7 +118,8 @@ def test_sum_init_is_the_sum_plus_the_paper_network_with_the_same_weights():
     with torch.no_grad():
         for p in paper.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    residual.load_state_dict(paper.state_dict())
+    weights = {k: v for k, v in paper.state_dict().items() if k != "sum_weight"}
+    residual.load_state_dict(weights | {"sum_weight": residual.sum_weight})
     losses = torch.tensor([0.7, 1.3, 0.2], dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(residual(losses), losses.sum() + paper(losses))
 
@@ -129,6 +130,22 @@ def test_sum_init_is_the_sum_plus_the_paper_network_with_the_same_weights():
         )[0]
 
     torch.testing.assert_close(mixed(residual), mixed(paper))
+
+
+def test_the_parameterisation_travels_with_the_state():
+    """A state computes what it computed when saved, whichever init built the module; a state
+    saved before ``sum_weight`` existed (the paper's network) loads as init="paper"."""
+    paper, residual = _transformer(init="paper"), _transformer(init="sum")
+    losses = torch.tensor([0.7, 1.3, 0.2], dtype=torch.float64)
+    expected = paper(losses)
+    old_state = {k: v for k, v in paper.state_dict().items() if k != "sum_weight"}
+    residual.load_state_dict(old_state)
+    assert residual.init == "paper"
+    torch.testing.assert_close(residual(losses), expected)
+    fresh = _transformer(init="sum")
+    paper.load_state_dict(fresh.state_dict())
+    assert paper.init == "sum"
+    torch.testing.assert_close(paper(losses), losses.sum())
 
 
 def test_sum_init_head_receives_a_hypergradient_at_the_start():

@@ -141,11 +141,8 @@ def _match_meta_loss(
     if set(meta) != set(own) and set(meta) == set(RELEASE_META_LOSS_KEYS):
         meta = {RELEASE_META_LOSS_KEYS[k]: v for k, v in meta.items()}
         report.adapted[META_LOSS_PREFIX + "*"] = "renamed from the release's MELTR module"
-        if getattr(meta_loss, "init", "paper") != "paper":
-            problems.append(
-                "the release's meta network computes M = T(l), the paper's parameterisation: "
-                "build the meta loss with init='paper' (gin: MetaLossTransformer.init = 'paper')"
-            )
+        if "sum_weight" in own:  # the release's network is the paper's parameterisation
+            meta["sum_weight"] = own["sum_weight"].new_zeros(())
     if not meta:
         problems.append(f"the checkpoint has no {META_LOSS_PREFIX}* entries")
     missing = sorted(set(own) - set(meta))
