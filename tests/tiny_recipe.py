@@ -1,10 +1,12 @@
 """The tiny synthetic dataset and the quickstart command line shrunk to seconds, shared by the
 tests that train (``tests/train``, ``tests/evidence``). Their conftest files import the fixtures
-``tiny_dataset`` and ``no_network_wandb`` from here."""
+``tiny_dataset`` and ``no_network_wandb`` from here. ``cli_worker`` runs the training command on
+one spawned rank (the backbones' two-rank recipe tests)."""
 
 import pytest
 
 from meltr.data.synthetic import ensure_synthetic_dataset
+from meltr.train.cli import main
 
 
 def make_tiny_dataset(directory) -> dict:
@@ -58,3 +60,9 @@ def tiny_quickstart_args(data_dir: str, vocab: str, output) -> list[str]:
         "--train.checkpoint_every=3",
         "--train.log_every=2",
     ]
+
+
+def cli_worker(args: list[str]) -> None:
+    """``tools/train.py args`` on this rank."""
+    if main(args) != 0:
+        raise RuntimeError(f"tools/train.py {' '.join(args)} failed")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from official_violet import random_state_dict, violet_shapes
-from violet_recipe_args import DATASET, SHRINK, cli_worker, quick_args
+from tiny_recipe import cli_worker
+from violet_recipe_args import DATASET, SHRINK, quick_args
 from violet_tiny import TINY, TINY_OFFICIAL
 
 from meltr.data.synthetic_qa import COLOUR_ANSWERS, generate_synthetic_qa

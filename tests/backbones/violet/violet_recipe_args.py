@@ -1,11 +1,8 @@
-"""Command lines of the Violet quick recipes shrunk to seconds, and the training command on one
-spawned rank (for the two-rank FSDP test)."""
+"""Command lines of the Violet quick recipes shrunk to seconds."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from meltr.train.cli import main
 
 # A smaller tiny Violet than the recipe's (width 32, one cross layer, one Swin block a stage)
 # and a MELTR step every second update.
@@ -46,9 +43,3 @@ def quick_args(recipe: str, output: Path, data: dict | None = None, **extra) -> 
     return ["--gin", recipe, "--output", str(output)] + [
         f"--{name}={value}" for name, value in bindings.items()
     ]
-
-
-def cli_worker(args: list[str]) -> None:
-    """``tools/train.py args`` on this rank."""
-    if main(args) != 0:
-        raise RuntimeError(f"tools/train.py {' '.join(args)} failed")
