@@ -5,13 +5,13 @@ missing videos named, and the shards read back by the ``VideoQA`` decoder."""
 import importlib.util
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from shard_samples import read_samples
 
 from meltr.data.decoders import VideoQA
 from meltr.data.text import WordPieceTokenizer
@@ -60,16 +60,6 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def read_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in sorted(out.glob(f"{split}-*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, name = member.name.split(".", 1)
-                samples.setdefault(key, {"__key__": key})[name] = tar.extractfile(member).read()
-    return samples
 
 
 def test_questions_become_video_qa_samples_with_the_answer_labels(tmp_path, capsys):

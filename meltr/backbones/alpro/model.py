@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meltr.backbones.alpro.timesformer import TimeSformer, VisualEncoder, init_timesformer
+from meltr.backbones.inputs import checked_text
 from meltr.backbones.violet.bert import BertEmbeddings, BertEncoder, BertMLMHead, init_bert_weights
 from meltr.backbones.violet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -169,7 +170,7 @@ class Alpro(nn.Module):
         return {"video_embeds": embeds, "video_feat": F.normalize(self.vision_proj(embeds[:, 0]))}
 
     def _text(self, text_ids: Tensor, text_mask: Tensor | None = None) -> dict[str, Tensor]:
-        ids, mask = self._check_text(text_ids, text_mask, "text_ids")
+        ids, mask = checked_text(text_ids, text_mask, self.max_text_positions)
         embeds = self._text_layers(ids, mask)
         return {"text_embeds": embeds, "text_feat": F.normalize(self.text_proj(embeds[:, 0]))}
 
@@ -197,12 +198,12 @@ class Alpro(nn.Module):
         return out
 
     def _mlm(self, mlm_ids: Tensor, text_mask: Tensor, video_embeds: Tensor) -> dict[str, Tensor]:
-        ids, mask = self._check_text(mlm_ids, text_mask, "mlm_ids")
+        ids, mask = checked_text(mlm_ids, text_mask, self.max_text_positions, "mlm_ids")
         hidden = self._fuse(self._text_layers(ids, mask), mask, video_embeds)
         return {"mlm_logits": self.text_encoder.cls(hidden[:, : ids.shape[1]])}
 
     def _qa(self, video: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> dict:
-        ids, mask = self._check_text(text_ids, text_mask, "text_ids")
+        ids, mask = checked_text(text_ids, text_mask, self.max_text_positions)
         video_embeds = self._video(video)["video_embeds"]
         fused = self._fusion(self._text_layers(ids, mask), mask, video_embeds, answers=True)
         return {"logits": fused["answer_logits"]}
@@ -251,20 +252,3 @@ class Alpro(nn.Module):
         if head is None:
             raise ValueError(f"this Alpro has no {name}; build it with {setting}")
         return head
-
-    def _check_text(
-        self, text_ids: Tensor, text_mask: Tensor | None, name: str
-    ) -> tuple[Tensor, Tensor]:
-        if text_ids.dim() != 2 or text_ids.shape[1] > self.max_text_positions:
-            raise ValueError(
-                f"{name} must be [B, L] with L <= {self.max_text_positions}, got "
-                f"{tuple(text_ids.shape)}"
-            )
-        if text_mask is None:
-            return text_ids, torch.ones_like(text_ids, dtype=torch.bool)
-        if text_mask.shape != text_ids.shape:
-            raise ValueError(
-                f"the mask of {name} has shape {tuple(text_mask.shape)}, the ids "
-                f"{tuple(text_ids.shape)}"
-            )
-        return text_ids, text_mask.bool()

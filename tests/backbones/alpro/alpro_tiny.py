@@ -9,11 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from tiny_text import MASK, bert_texts, redraw_weights
 
 from meltr.backbones.alpro import Alpro, EntityCrop
 from meltr.data.text import MaskTokens
 
-PAD, UNK, CLS, SEP, MASK = range(5)
 FRAMES, SIZE, PATCH = 3, 16, 8
 GRID = SIZE // PATCH
 TINY = dict(
@@ -52,36 +52,17 @@ ENTITIES = ("cat", "dog", "ball", "car", "tree")
 
 
 def tiny_model(seed: int = 0, **overrides) -> Alpro:
-    """A tiny Alpro whose linear and embedding weights are redrawn with std ``1 / sqrt(fan_in)``
-    (biases std 0.1), the temporal table and every ``temporal_fc`` included: at these widths the
+    """A tiny Alpro whose weights but ``temp`` are redrawn with std ``1 / sqrt(fan_in)`` (biases
+    std 0.1), the temporal table and every ``temporal_fc`` included: at these widths the
     release's std 0.02 leaves the fused outputs of different inputs nearly equal, under which a
     wrong pairing or a wrong input would go unnoticed."""
     torch.manual_seed(seed)
-    model = Alpro(**(TINY | overrides))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name == "temp":
-                continue
-            if parameter.dim() >= 2:
-                parameter.normal_(0.0, 1.0 / parameter.shape[-1] ** 0.5)
-            elif name.endswith("bias"):
-                parameter.normal_(0.0, 0.1)
-    return model
+    return redraw_weights(Alpro(**(TINY | overrides)), 1.0, keep=lambda name: name == "temp")
 
 
 def texts(batch: int, length: int, generator: torch.Generator, lengths=None) -> tuple:
-    """``[CLS] words [SEP] [PAD]...`` ids and masks, int64 ``[batch, length]``; ``lengths``
-    (real tokens incl. [CLS] and [SEP]) default to a mix of full and padded texts."""
-    lengths = lengths or [length - (i % 3) for i in range(batch)]
-    ids = torch.full((batch, length), PAD)
-    mask = torch.zeros(batch, length, dtype=torch.long)
-    for row, real in enumerate(lengths):
-        ids[row, 0], ids[row, real - 1] = CLS, SEP
-        ids[row, 1 : real - 1] = torch.randint(
-            5, TINY["vocab_size"], (real - 2,), generator=generator
-        )
-        mask[row, :real] = 1
-    return ids, mask
+    """``bert_texts`` over the tiny vocabulary."""
+    return bert_texts(batch, length, TINY["vocab_size"], generator, lengths)
 
 
 def videos(batch: int, generator: torch.Generator) -> torch.Tensor:

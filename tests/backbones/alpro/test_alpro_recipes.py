@@ -13,7 +13,12 @@ import pytest
 import torch
 from alpro_tiny import ENTITIES, FRAMES, PATCH, SIZE, TINY, TINY_OFFICIAL, prompter_files
 from official_alpro import pretrain_shapes, random_state_dict
-from tiny_recipe import cli_worker
+from tiny_recipe import (
+    LOOP_SHRINK,
+    META_SHRINK,
+    cli_worker,
+    recipe_environment,  # noqa: F401 (a fixture)
+)
 
 from meltr.backbones.alpro import Alpro, load_prompter
 from meltr.backbones.alpro.configurables import alpro_quick_entities, alpro_quick_vocab
@@ -24,9 +29,8 @@ from meltr.train.inspect_cli import main as inspect_main
 from meltr.train.run_log import read_metrics
 from meltr.train.sharded import latest_sharded
 
-REPO = Path(__file__).resolve().parents[3]
 # A smaller tiny ALPRO than the quick recipes' (width 32, one block and layer of each kind)
-# and a MELTR step every second update.
+# and the loop of tiny_recipe.LOOP_SHRINK.
 SIZES = {
     "width": 32,
     "text_layers": 2,
@@ -37,33 +41,10 @@ SIZES = {
     "video_heads": 2,
     "proj_dim": 8,
 }
-SHRINK = {f"Alpro.{name}": value for name, value in SIZES.items()} | {
-    "MetaLearner.meta_every": 2,
-    "MetaLearner.replay": 3,
-    "train_loader.num_workers": 0,
-    "eval_loader.num_workers": 0,
-    "train.batch_size": 4,
-    "train.steps": 4,
-    "train.eval_every": 4,
-    "train.checkpoint_every": 2,
-    "train.log_every": 1,
-}
-META_SHRINK = {
-    "MetaLossTransformer.dim": 8,
-    "MetaLossTransformer.heads": 2,
-    "MetaLossTransformer.ff_dim": 8,
-    "MetaLossTransformer.scale_hidden": 8,
-}
+SHRINK = {f"Alpro.{name}": value for name, value in SIZES.items()} | LOOP_SHRINK
 QA_DATA = {"num_train": 16, "num_val": 4, "num_test": 8, "workers": 1}
 CAPTION_DATA = {"num_train": 16, "num_val": 4, "num_test": 8, "workers": 1}
-
-
-@pytest.fixture(autouse=True)
-def environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("MELTR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("recipe_environment")
 
 
 def args(recipe: str, output: Path, data: str, dataset: dict, **extra) -> list[str]:
