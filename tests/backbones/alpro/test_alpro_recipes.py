@@ -22,6 +22,7 @@ from tiny_recipe import (
 
 from meltr.backbones.alpro import Alpro, load_prompter
 from meltr.backbones.alpro.configurables import alpro_quick_entities, alpro_quick_vocab
+from meltr.data.synthetic_qa import cached_synthetic_qa
 from meltr.train import build
 from meltr.train.cli import configure, main
 from meltr.train.distributed import spawn_local_ranks
@@ -113,6 +114,8 @@ def test_quick_recipe_trains_with_the_four_pretext_losses(tmp_path):
 
 
 def test_quick_recipe_on_two_fsdp_ranks(tmp_path):
+    # generated here first: two ranks generating the same dataset at once would collide
+    cached_synthetic_qa(question="colour", num_frames=4, size=32, seed=0, **QA_DATA)
     run = tmp_path / "run"
     fsdp = {"Distributed.strategy": "'fsdp'"}
     spawn_local_ranks(cli_worker, 2, quick_args(run, saved_quick_prompter(tmp_path), **fsdp))
