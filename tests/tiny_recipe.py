@@ -1,10 +1,36 @@
 """The tiny synthetic dataset and the quickstart command line shrunk to seconds, shared by the
 tests that train (``tests/train``, ``tests/evidence``). Their conftest files import the fixtures
-``tiny_dataset`` and ``no_network_wandb`` from here."""
+``tiny_dataset`` and ``no_network_wandb`` from here. For the backbones' recipe tests: the loop and
+meta-network settings that shrink a quick recipe to seconds, the ``recipe_environment`` fixture,
+and ``cli_worker``, the training command on one spawned rank (the two-rank runs)."""
+
+from pathlib import Path
 
 import pytest
 
 from meltr.data.synthetic import ensure_synthetic_dataset
+from meltr.train.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+# A quick recipe's loop shrunk: 4 steps at batch 4, a MELTR step every second update, in-process
+# data loading; and a meta network of width 8.
+LOOP_SHRINK = {
+    "MetaLearner.meta_every": 2,
+    "MetaLearner.replay": 3,
+    "train_loader.num_workers": 0,
+    "eval_loader.num_workers": 0,
+    "train.batch_size": 4,
+    "train.steps": 4,
+    "train.eval_every": 4,
+    "train.checkpoint_every": 2,
+    "train.log_every": 1,
+}
+META_SHRINK = {
+    "MetaLossTransformer.dim": 8,
+    "MetaLossTransformer.heads": 2,
+    "MetaLossTransformer.ff_dim": 8,
+    "MetaLossTransformer.scale_hidden": 8,
+}
 
 
 def make_tiny_dataset(directory) -> dict:
@@ -58,3 +84,19 @@ def tiny_quickstart_args(data_dir: str, vocab: str, output) -> list[str]:
         "--train.checkpoint_every=3",
         "--train.log_every=2",
     ]
+
+
+@pytest.fixture
+def recipe_environment(monkeypatch, tmp_path):
+    """No W&B network, a private dataset cache, the repository as working directory (the recipes'
+    relative paths)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MELTR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+
+
+def cli_worker(args: list[str]) -> None:
+    """``tools/train.py args`` on this rank."""
+    if main(args) != 0:
+        raise RuntimeError(f"tools/train.py {' '.join(args)} failed")

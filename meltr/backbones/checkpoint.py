@@ -150,3 +150,45 @@ def fit_rows(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Te
     fitted[:rows] = value
     report.adapted[key] = f"rows 0..{rows - 1} loaded, rows {rows}..{wanted - 1} kept"
     return fitted
+
+
+def match_state(
+    state: Mapping[str, Tensor],
+    own: Mapping[str, Tensor],
+    report: LoadReport,
+    skip_mismatched: bool = False,
+) -> dict[str, Tensor]:
+    """The entries of ``state`` that fit ``own`` (the model's state dict) by name and shape.
+
+    A key the model lacks goes to ``report.unexpected``. A shape disagreement raises
+    ``shape_mismatch``; with ``skip_mismatched`` the tensor is skipped instead (listed in
+    ``ignored`` and ``adapted``)."""
+    to_load = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif value.shape == own[key].shape:
+            to_load[key] = value
+        elif skip_mismatched:
+            report.ignored.append(key)
+            report.adapted[key] = (
+                f"skipped: checkpoint shape {tuple(value.shape)}, model {tuple(own[key].shape)}"
+            )
+        else:
+            raise shape_mismatch(key, value, own[key])
+    return to_load
+
+
+def load_matching(
+    model: torch.nn.Module,
+    own: Mapping[str, Tensor],
+    to_load: Mapping[str, Tensor],
+    report: LoadReport,
+    path: str | PathLike,
+) -> None:
+    """Copy ``to_load`` into ``model`` (non-strict), record the loaded keys and the model keys
+    left ``missing`` (those of ``own`` not loaded) in ``report``, and log it."""
+    model.load_state_dict(dict(to_load), strict=False)
+    report.loaded.extend(to_load)
+    report.missing.extend(key for key in own if key not in to_load)
+    report.log(path)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = -100
+# The answer index of an item whose answer is outside the answer vocabulary.
+NO_ANSWER = -1
 
 
 def symmetric_contrastive_loss(text_feat: Tensor, video_feat: Tensor, temperature: float) -> Tensor:
@@ -53,12 +55,37 @@ def masked_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     total = F.cross_entropy(
         logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
-    count = labels.ne(IGNORE_INDEX).sum().to(total.dtype)
+    return mean_over_global_count(total, labels.ne(IGNORE_INDEX).sum())
+
+
+def mean_over_global_count(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count`` (0 when ``count`` is 0) for a loss summed over ``count`` terms of this
+    rank's slice. In a data-parallel run the sum is divided by the mean count over ranks, so the
+    mean of the result over ranks is the average over the terms of the global batch."""
+    count = count.to(total.dtype)
     if not _data_parallel():
         return total / count.clamp(min=1)
     global_count = count.clone()
     dist.all_reduce(global_count)
     return total / (global_count.clamp(min=1) / dist.get_world_size())
+
+
+def answer_loss(logits: Tensor, answer_index: Tensor) -> Tensor:
+    """Cross-entropy of ``logits`` ``[B, C]`` at ``answer_index`` int64 ``[B]``, averaged over
+    the items whose answer is not -1 (outside the answer vocabulary; 0 when no item has one; in
+    a data-parallel run divided by the mean such count over ranks). ValueError for an index
+    outside ``[-1, C)``."""
+    if answer_index.shape != logits.shape[:1]:
+        raise ValueError(
+            f"answer_index {tuple(answer_index.shape)} does not match logits {tuple(logits.shape)}"
+        )
+    bad = (answer_index < NO_ANSWER) | (answer_index >= logits.shape[1])
+    if bad.any():
+        raise ValueError(
+            f"answer_index {answer_index[bad].tolist()} outside [-1, {logits.shape[1]})"
+        )
+    labels = answer_index.long().masked_fill(answer_index == NO_ANSWER, IGNORE_INDEX)
+    return masked_token_loss(logits[:, None], labels[:, None])
 
 
 def require(batch: Mapping[str, Tensor], *keys: str) -> list[Tensor]:

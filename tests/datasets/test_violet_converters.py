@@ -3,7 +3,6 @@ records, frames and codes in the shards against the fakes' own values, missing i
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from fake_violet_release import (
     make_tgif,
     make_tgif_frameqa_tsv,
 )
+from shard_samples import read_samples
 
 from meltr.backbones.violet import release_choice_text
 from meltr.data.decoders import VideoQA
@@ -41,16 +41,6 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def read_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in sorted(out.glob(f"{split}-*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, name = member.name.split(".", 1)
-                samples.setdefault(key, {})[name] = tar.extractfile(member).read()
-    return samples
 
 
 def records(out: Path, split: str) -> list[dict]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meltr.backbones.inputs import checked_text
+
 MODES = ("text", "video", "joint")
 TEXT_TOKEN_TYPE = 0
 VIDEO_TOKEN_TYPE = 1
@@ -287,32 +289,17 @@ class AllInOne(nn.Module):
         video: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if mode == "text":
-            return {"text_feat": self._text_features(*self._check_text(text_ids, text_mask))}
+            return {
+                "text_feat": self._text_features(
+                    *checked_text(text_ids, text_mask, self.max_text_len)
+                )
+            }
         if mode == "video":
             return {"video_feat": self._video_features(self._check_video(video))}
         if mode == "joint":
-            text_ids, key_mask = self._check_text(text_ids, text_mask)
+            text_ids, key_mask = checked_text(text_ids, text_mask, self.max_text_len)
             return self._joint(text_ids, key_mask, self._check_video(video))
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-    def _check_text(
-        self, text_ids: Tensor | None, text_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        if text_ids is None:
-            raise ValueError("text_ids is required for this mode")
-        if text_ids.dim() != 2 or text_ids.shape[1] > self.max_text_len:
-            raise ValueError(
-                f"text_ids must be [B, L] with L <= max_text_len={self.max_text_len}, "
-                f"got shape {tuple(text_ids.shape)}"
-            )
-        if text_mask is None:
-            return text_ids, torch.ones_like(text_ids, dtype=torch.bool)
-        if text_mask.shape != text_ids.shape:
-            raise ValueError(
-                f"text_mask shape {tuple(text_mask.shape)} differs from text_ids shape "
-                f"{tuple(text_ids.shape)}"
-            )
-        return text_ids, text_mask.bool()
 
     def _check_video(self, video: Tensor | None) -> Tensor:
         if video is None:

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from meltr.backbones.checkpoint import (
     LoadReport,
+    load_matching,
+    match_state,
     read_state_dict,
-    shape_mismatch,
     strip_prefixes,
 )
 
@@ -86,8 +87,8 @@ def load_violet_checkpoint(
                 backbone[target] = backbone[key]
                 report.adapted[target] = f"initialised from {key} (the pretrained matching head)"
 
-    to_load = _matching(backbone, own, report, skip_mismatched)
-    _apply(model, own, to_load, report, path)
+    to_load = match_state(backbone, own, report, skip_mismatched)
+    load_matching(model, own, to_load, report, path)
     return report
 
 
@@ -118,8 +119,8 @@ def load_video_swin_checkpoint(
             continue
         swin[key if key.startswith(SWIN_PREFIX) else SWIN_PREFIX + key] = value
     own = model.state_dict()
-    to_load = _matching(swin, own, report, skip_mismatched=False)
-    _apply(model, own, to_load, report, path)
+    to_load = match_state(swin, own, report, skip_mismatched=False)
+    load_matching(model, own, to_load, report, path)
     return report
 
 
@@ -129,36 +130,3 @@ def _refuse_meta_loss(meta_loss: nn.Module | None, path: str | PathLike) -> None
             f"{path}: Violet checkpoints hold no meta network (MELTR's violet/ saves the model's "
             "state dict only); load the meta loss from a meltr training checkpoint instead"
         )
-
-
-def _matching(
-    state: dict[str, Tensor], own: dict[str, Tensor], report: LoadReport, skip_mismatched: bool
-) -> dict[str, Tensor]:
-    """The entries of ``state`` that fit ``own`` by name and shape; the rest reported."""
-    to_load = {}
-    for key, value in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif value.shape == own[key].shape:
-            to_load[key] = value
-        elif skip_mismatched:
-            report.ignored.append(key)
-            report.adapted[key] = (
-                f"skipped: checkpoint shape {tuple(value.shape)}, model {tuple(own[key].shape)}"
-            )
-        else:
-            raise shape_mismatch(key, value, own[key])
-    return to_load
-
-
-def _apply(
-    model: nn.Module,
-    own: dict[str, Tensor],
-    to_load: dict[str, Tensor],
-    report: LoadReport,
-    path: str | PathLike,
-) -> None:
-    model.load_state_dict(to_load, strict=False)
-    report.loaded.extend(to_load)
-    report.missing.extend(key for key in own if key not in to_load)
-    report.log(path)

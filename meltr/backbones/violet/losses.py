@@ -14,12 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meltr.backbones.losses import IGNORE_INDEX, check_tasks, masked_token_loss, require
+from meltr.backbones.losses import (
+    IGNORE_INDEX,
+    answer_loss,
+    check_tasks,
+    masked_token_loss,
+    require,
+)
 
 PRIMARY_TASKS = ("vtm", "qa", "cls")
 AUXILIARY_TASKS = ("vtm", "mtm", "mvm")
-# The label the release gives an answer outside the answer vocabulary (and the data -1).
-NO_ANSWER = -1
 
 
 def vtm_loss(scores: Tensor, temperature: float) -> Tensor:
@@ -27,24 +31,6 @@ def vtm_loss(scores: Tensor, temperature: float) -> Tensor:
     pair ``i`` the positive), ``CE(scores.T / temperature, arange(B))``."""
     targets = torch.arange(scores.shape[0], device=scores.device)
     return F.cross_entropy(scores.T / temperature, targets)
-
-
-def answer_loss(logits: Tensor, answer_index: Tensor) -> Tensor:
-    """Cross-entropy of ``logits`` ``[B, C]`` at ``answer_index`` int64 ``[B]``, averaged over
-    the items whose answer is not -1 (outside the answer vocabulary; 0 when no item has one; in
-    a data-parallel run divided by the mean such count over ranks). ValueError for an index
-    outside ``[-1, C)``."""
-    if answer_index.shape != logits.shape[:1]:
-        raise ValueError(
-            f"answer_index {tuple(answer_index.shape)} does not match logits {tuple(logits.shape)}"
-        )
-    bad = (answer_index < NO_ANSWER) | (answer_index >= logits.shape[1])
-    if bad.any():
-        raise ValueError(
-            f"answer_index {answer_index[bad].tolist()} outside [-1, {logits.shape[1]})"
-        )
-    labels = answer_index.long().masked_fill(answer_index == NO_ANSWER, IGNORE_INDEX)
-    return masked_token_loss(logits[:, None], labels[:, None])
 
 
 def mvm_loss(mvm_logits: Tensor, vq: Tensor, mvm_mask: Tensor) -> Tensor:

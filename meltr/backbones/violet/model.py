@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from meltr.backbones.inputs import checked_text
 from meltr.backbones.violet.bert import BertEmbeddings, BertEncoder, BertMLMHead, init_bert_weights
 from meltr.backbones.violet.swin import SwinTransformer3D
 
@@ -184,7 +185,7 @@ class Violet(nn.Module):
     # --- modes -------------------------------------------------------------------------------
 
     def _text(self, text_ids: Tensor, text_mask: Tensor | None = None) -> dict[str, Tensor]:
-        text_ids, text_mask = self._check_text(text_ids, text_mask, "text_ids")
+        text_ids, text_mask = checked_text(text_ids, text_mask, self.max_text_positions)
         return {"text_embeds": self.enc_txt(text_ids), "text_mask": text_mask.long()}
 
     def _video(self, video: Tensor) -> dict[str, Tensor]:
@@ -230,12 +231,18 @@ class Violet(nn.Module):
                 )
             batch, options, length = option_ids.shape
             flat_mask = None if option_mask is None else option_mask.reshape(-1, length)
-            ids, mask = self._check_text(option_ids.reshape(-1, length), flat_mask, "option_ids")
+            ids, mask = checked_text(
+                option_ids.reshape(-1, length),
+                flat_mask,
+                self.max_text_positions,
+                "option_ids",
+                "option_mask",
+            )
             tokens = tokens.repeat_interleave(options, dim=0)
             readout = self._readout(tokens, self.enc_txt(ids), mask)
             return {"logits": head(readout).view(batch, options)}
         head = self._head("fc_oe", "num_answers > 0")
-        ids, mask = self._check_text(text_ids, text_mask, "text_ids")
+        ids, mask = checked_text(text_ids, text_mask, self.max_text_positions)
         return {"logits": head(self._readout(tokens, self.enc_txt(ids), mask))}
 
     def _classify(
@@ -307,29 +314,10 @@ class Violet(nn.Module):
             raise ValueError(f"video must be [B, F, 3, S, S], got {tuple(video.shape)}")
         return video
 
-    def _check_text(
-        self, text_ids: Tensor | None, text_mask: Tensor | None, name: str
-    ) -> tuple[Tensor, Tensor]:
-        if text_ids is None:
-            raise ValueError(f"{name} is required for this mode")
-        if text_ids.dim() != 2 or text_ids.shape[1] > self.max_text_positions:
-            raise ValueError(
-                f"{name} must be [B, L] with L <= {self.max_text_positions}, got "
-                f"{tuple(text_ids.shape)}"
-            )
-        if text_mask is None:
-            return text_ids, torch.ones_like(text_ids, dtype=torch.bool)
-        if text_mask.shape != text_ids.shape:
-            raise ValueError(
-                f"the mask of {name} has shape {tuple(text_mask.shape)}, the ids "
-                f"{tuple(text_ids.shape)}"
-            )
-        return text_ids, text_mask.bool()
-
     def _text_or_empty(
         self, text_ids: Tensor | None, text_mask: Tensor | None, batch: int
     ) -> tuple[Tensor, Tensor]:
         if text_ids is None:
             ids = self.empty_text.expand(batch, -1)
             return ids, torch.ones_like(ids, dtype=torch.bool)
-        return self._check_text(text_ids, text_mask, "text_ids")
+        return checked_text(text_ids, text_mask, self.max_text_positions)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from official_violet import random_state_dict, violet_shapes
-from violet_recipe_args import DATASET, SHRINK, cli_worker, quick_args
+from tiny_recipe import cli_worker, recipe_environment  # noqa: F401 (a fixture)
+from violet_recipe_args import DATASET, SHRINK, quick_args
 from violet_tiny import TINY, TINY_OFFICIAL
 
 from meltr.data.synthetic_qa import COLOUR_ANSWERS, generate_synthetic_qa
@@ -20,15 +21,7 @@ from meltr.train.inspect_cli import main as inspect_main
 from meltr.train.run_log import read_metrics
 from meltr.train.sharded import latest_sharded
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(autouse=True)
-def environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("MELTR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("recipe_environment")
 
 
 def test_quick_recipe_generates_its_dataset_and_trains_with_meltr(tmp_path):

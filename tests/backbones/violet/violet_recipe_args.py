@@ -1,36 +1,26 @@
-"""Command lines of the Violet quick recipes shrunk to seconds, and the training command on one
-spawned rank (for the two-rank FSDP test)."""
+"""Command lines of the Violet quick recipes shrunk to seconds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from meltr.train.cli import main
+from tiny_recipe import LOOP_SHRINK, META_SHRINK
 
 # A smaller tiny Violet than the recipe's (width 32, one cross layer, one Swin block a stage)
 # and a MELTR step every second update.
-SHRINK = {
-    "Violet.width": 32,
-    "Violet.cross_layers": 1,
-    "Violet.cross_heads": 2,
-    "Violet.cross_inner": 32,
-    "Violet.swin_embed_dim": 16,
-    "Violet.swin_depths": "(1, 1)",
-    "Violet.swin_heads": "(1, 2)",
-    "MetaLossTransformer.dim": 8,
-    "MetaLossTransformer.heads": 2,
-    "MetaLossTransformer.ff_dim": 8,
-    "MetaLossTransformer.scale_hidden": 8,
-    "MetaLearner.meta_every": 2,
-    "MetaLearner.replay": 3,
-    "train_loader.num_workers": 0,
-    "eval_loader.num_workers": 0,
-    "train.batch_size": 4,
-    "train.steps": 4,
-    "train.eval_every": 4,
-    "train.checkpoint_every": 2,
-    "train.log_every": 1,
-}
+SHRINK = (
+    {
+        "Violet.width": 32,
+        "Violet.cross_layers": 1,
+        "Violet.cross_heads": 2,
+        "Violet.cross_inner": 32,
+        "Violet.swin_embed_dim": 16,
+        "Violet.swin_depths": "(1, 1)",
+        "Violet.swin_heads": "(1, 2)",
+    }
+    | META_SHRINK
+    | LOOP_SHRINK
+)
 DATASET = {"num_train": 16, "num_val": 4, "num_test": 8, "workers": 1}
 
 
@@ -46,9 +36,3 @@ def quick_args(recipe: str, output: Path, data: dict | None = None, **extra) -> 
     return ["--gin", recipe, "--output", str(output)] + [
         f"--{name}={value}" for name, value in bindings.items()
     ]
-
-
-def cli_worker(args: list[str]) -> None:
-    """``tools/train.py args`` on this rank."""
-    if main(args) != 0:
-        raise RuntimeError(f"tools/train.py {' '.join(args)} failed")

@@ -5,10 +5,10 @@ shifts run) -> a 4x4 token grid, cells of 8 px; width 16; vocabulary of 40 with 
 tokens at 0..4 ([PAD], [UNK], [CLS], [SEP], [MASK])."""
 
 import torch
+from tiny_text import CLS, MASK, SEP, bert_texts, redraw_weights  # noqa: F401 (ids re-exported)
 
 from meltr.backbones.violet import Violet
 
-PAD, UNK, CLS, SEP, MASK = range(5)
 FRAMES, SIZE, GRID, CELL = 3, 32, 4, 8
 TINY = dict(
     vocab_size=40,
@@ -52,30 +52,12 @@ def tiny_model(seed: int = 0, **heads) -> Violet:
     (all scores within 1e-3), under which a wrong pairing or a wrong input would go unnoticed."""
     torch.manual_seed(seed)
     model = Violet(**TINY, **heads)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith("enc_img.swin."):
-                continue
-            if parameter.dim() >= 2:
-                parameter.normal_(0.0, 2.0 / parameter.shape[-1] ** 0.5)
-            elif name.endswith("bias"):
-                parameter.normal_(0.0, 0.1)
-    return model
+    return redraw_weights(model, 2.0, keep=lambda name: name.startswith("enc_img.swin."))
 
 
 def texts(batch: int, length: int, generator: torch.Generator, lengths=None) -> tuple:
-    """``[CLS] words [SEP] [PAD]...`` ids and masks, int64 ``[batch, length]``; ``lengths``
-    (real tokens incl. [CLS] and [SEP]) default to a mix of full and padded texts."""
-    lengths = lengths or [length - (i % 3) for i in range(batch)]
-    ids = torch.full((batch, length), PAD)
-    mask = torch.zeros(batch, length, dtype=torch.long)
-    for row, real in enumerate(lengths):
-        ids[row, 0], ids[row, real - 1] = CLS, SEP
-        ids[row, 1 : real - 1] = torch.randint(
-            5, TINY["vocab_size"], (real - 2,), generator=generator
-        )
-        mask[row, :real] = 1
-    return ids, mask
+    """``bert_texts`` over the tiny vocabulary."""
+    return bert_texts(batch, length, TINY["vocab_size"], generator, lengths)
 
 
 def videos(batch: int, generator: torch.Generator) -> torch.Tensor:
