@@ -139,7 +139,13 @@ def test_all_tasks_in_any_order_share_passes_and_reach_every_used_parameter(tiny
     for task in order:
         assert losses[task].item() == pytest.approx(loss_of(tiny_model, batch, task), rel=1e-12)
     torch.stack(list(losses.values())).sum().backward()
-    without = {n for n, p in tiny_model.named_parameters() if p.grad is None or not p.grad.any()}
+    # similarity_dense.bias shifts every logit of an align row alike, which the softmax cancels:
+    # its gradient is zero in exact arithmetic, and round-off decides whether exactly so.
+    without = {
+        n
+        for n, p in tiny_model.named_parameters()
+        if (p.grad is None or not p.grad.any()) and n != "similarity_dense.bias"
+    }
     assert without == {
         f"{t}.pooler.dense.{w}" for t in ("bert", "visual") for w in ("weight", "bias")
     }
