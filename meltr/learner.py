@@ -43,7 +43,7 @@ from meltr.products import (
     refuse_data_parallel,
     task_gradients,
 )
-from meltr.solvers import ConjugateGradient, Identity, Solver, Unrolled
+from meltr.solvers import HVP, ConjugateGradient, Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -135,7 +135,9 @@ class MetaLearner:
         optimizer: torch optimizer over the model's parameters (inner updates).
         meta_optimizer: torch optimizer over ``meta_loss``'s parameters, or None for the
             baselines without meta-learning (no meta steps, no replay buffer).
-        solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | Unrolled``.
+        solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | StocBIO | Unrolled``
+            (``StocBIO`` takes each Hessian-vector product on a batch drawn from the replay
+            buffer).
         products: ``"finite_difference"`` (central differences, the default),
             ``"finite_difference_one_sided"`` (one perturbed forward; reuses the aux pass's loss
             values; less accurate), ``"task_gradients"`` (exact ``c`` from one backward per
@@ -168,8 +170,9 @@ class MetaLearner:
         replay_seed: seed of the dedicated generator for replay draws (the global RNG is
             never used for them). Draws, in this order per step: the B_pri and B_aux indices
             as ``torch.randint(len(buffer), (2,), generator=...)`` on meta steps (none while the
-            buffer is empty: ``replay=0``, or the first step under ``"release"``), then the
-            evicted index as
+            buffer is empty: ``replay=0``, or the first step under ``"release"``), then one
+            index ``torch.randint(len(buffer), (1,), generator=...)`` per batch a sampling
+            solver (``StocBIO``) draws, then the evicted index as
             ``torch.multinomial(torch.arange(1., replay + 1), 1, generator=...)`` under
             ``"weighted"`` eviction.
         check_parameters: after every inner update, check that the model's parameters are
@@ -370,16 +373,26 @@ class MetaLearner:
                     buffer.data.copy_(saved)
             restore_rng(rng)
 
+    @contextlib.contextmanager
+    def _kept_generator(self) -> Iterator[None]:
+        """Restore the replay generator on exit (draws made inside leave no trace)."""
+        state = self.generator.get_state()
+        try:
+            yield
+        finally:
+            self.generator.set_state(state)
+
     # ------------------------------------------------------------------ hypergradients
 
     def hypergradient(self, primary_batch: Any, aux_batch: Any) -> list[torch.Tensor]:
         """``dL_pri/dphi`` as the solver approximates it, aligned with
         ``meta_loss.parameters()`` (what the meta optimizer receives as ``.grad``).
 
-        Changes no parameter, buffer, ``.grad``, optimizer state or global RNG state. When
+        Changes no parameter, buffer, ``.grad``, optimizer state, global RNG state or replay
+        generator state (a sampling solver's draws are undone). When
         ``primary_batch is aux_batch`` the losses are computed once.
         """
-        with self._no_side_effects():
+        with self._no_side_effects(), self._kept_generator():
             return self._hypergradient(primary_batch, aux_batch, current=None).grads
 
     def _hypergradient(
@@ -433,8 +446,7 @@ class MetaLearner:
             coeffs = [torch.ones_like(primary.tasks[0])] + [aux_coeff][: len(outputs) - 1]
         v = backward_gradients(outputs, coeffs, params, retain_graph=keep_graph)
 
-        meta = self._frozen_meta()
-        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
+        q = self._solve(aux, list(v))
         jvp = self.products.loss_jvp(aux.losses, params, q, values=aux.values.detach())
         return _Hypergradient(self._phi_hypergradient(jvp, dmeta_dl, residual), l_pri)
 
@@ -464,11 +476,29 @@ class MetaLearner:
             v = backward_gradients([primary.tasks[0]], [one], params, retain_graph=keep)
             if self.gamma != 0.0:
                 torch._foreach_add_(v, combine(coefficients, gradients))
-        meta = self._frozen_meta()
-        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), v)
+        q = self._solve(aux, v)
         jvp = self.products.loss_jvp(aux.losses, params, q, gradients=gradients)
         grads = self._phi_hypergradient(jvp, dmeta_dl, residual)
         return _Hypergradient(grads, l_pri, gradients if current is aux else None)
+
+    def _solve(self, aux: _Pass, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``q ~= H^{-1} v`` from the solver, given the products on the aux batch and a sampler
+        of products on batches drawn from the replay buffer (the aux batch alone when it is
+        empty), one index ``torch.randint(len(buffer), (1,), generator=self.generator)`` per
+        sampled batch."""
+        meta = self._frozen_meta()
+
+        def products_on(losses: PinnedLosses) -> HVP:
+            return lambda x: self.products.hvp(losses, self.params, meta, x)
+
+        candidates = list(self.buffer) or [aux.losses.batch]
+
+        def sample_hvp() -> HVP:
+            index = int(torch.randint(len(candidates), (1,), generator=self.generator))
+            batch = candidates[index]
+            return products_on(PinnedLosses(self.model, self.loss_source, batch, self.keys))
+
+        return self.solver.solve(products_on(aux.losses), v, sample_hvp=sample_hvp)
 
     def _phi_hypergradient(
         self, jvp: torch.Tensor, dmeta_dl: torch.Tensor, residual: torch.Tensor
@@ -668,7 +698,7 @@ class MetaLearner:
         configured = (self.solver, self.products)
         self.solver, self.products = self.fidelity_solver, self.fidelity_products
         try:
-            with self._no_side_effects():
+            with self._no_side_effects(), self._kept_generator():
                 reference = self._hypergradient(primary_batch, aux_batch, None).grads
         finally:
             self.solver, self.products = configured

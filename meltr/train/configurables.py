@@ -3,7 +3,8 @@
 Names as recipes write them: the run ``train`` (settings) and ``Recipe`` (components);
 ``MetaLearner``, ``MetaLossTransformer``, ``LinearMetaLoss`` and the baseline combiners
 (``FixedWeights``, ``UncertaintyWeighting``, ``DynamicWeightAverage``, ``RandomLossWeighting``,
-``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``Unrolled``; the
+``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``StocBIO`` /
+``Unrolled``; the
 optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``); the
 schedules ``warmup_linear_schedule``, ``multistep_schedule`` and ``constant_schedule``;
 ``Distributed``; the data side
@@ -50,7 +51,13 @@ for meta_loss in (
     weighting.FAMO,
 ):
     gin.external_configurable(meta_loss, module="meltr", denylist=["num_tasks"])
-for solver in (solvers.Identity, solvers.Neumann, solvers.ConjugateGradient, solvers.Unrolled):
+for solver in (
+    solvers.Identity,
+    solvers.Neumann,
+    solvers.ConjugateGradient,
+    solvers.StocBIO,
+    solvers.Unrolled,
+):
     gin.external_configurable(solver, module="meltr.solvers")
 
 for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):

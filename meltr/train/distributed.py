@@ -49,7 +49,7 @@ from meltr.tasks.common import is_distributed
 LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 STRATEGIES = ("none", "ddp", "fsdp")
 DISTRIBUTED_PRODUCTS = ("finite_difference",)
-DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient")
+DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient", "StocBIO")
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

@@ -12,7 +12,7 @@ from core_toys import MLP, mlp_batch, mlp_source
 from torch import nn
 
 import meltr
-from meltr.solvers import ConjugateGradient, Identity, Unrolled
+from meltr.solvers import ConjugateGradient, Identity, StocBIO, Unrolled
 
 
 def _meta_transformer():
@@ -259,6 +259,7 @@ def _assert_same(a, b):
         (ConjugateGradient(maxiter=3), "task_gradients"),
         (ConjugateGradient(maxiter=3), "finite_difference"),
         (ConjugateGradient(maxiter=3), "forward"),
+        (StocBIO(steps=2, alpha=0.1), "finite_difference"),
         (Identity(), "autograd"),
         (Unrolled(steps=2, lr=0.1), "autograd"),
     ],
