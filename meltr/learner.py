@@ -40,12 +40,14 @@ from meltr.products import (
     backward_gradients,
     combine,
     make_products,
+    reached_parameters,
     refuse_data_parallel,
     task_gradients,
 )
 from meltr.solvers import HVP, ConjugateGradient, Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+Aggregate = Callable[[list[list[torch.Tensor]]], tuple[list[torch.Tensor], torch.Tensor | None]]
 
 
 SCHEDULES = ("meltr", "release")
@@ -184,6 +186,18 @@ class MetaLearner:
             ``meta/fidelity_norm_ratio`` (configured norm / reference norm): how good the
             configured solver's approximation is on this model. It changes nothing the training
             computes (the reference is taken with no side effects and not applied).
+        aggregate: the gradient-aggregation baselines (PCGrad, MGDA, ...; torchjd's through
+            ``meltr.train.aggregation.TorchJDAggregation``), or None. When given, the inner
+            update takes one backward per task; its rows ``r_t = dM/dl_t * dl_t/dw`` (the
+            tasks' own gradients under ``FixedWeights(T, "sum")``) are combined by
+            ``aggregate(rows) -> (gradient, weights)`` on the shared parameters (those the
+            losses of two or more tasks reach; ``rows[t]`` lists task t's gradient of each, in
+            the model's order), while a parameter one task alone reaches takes that task's row
+            and one no task reaches gets no gradient, as torchjd's ``mtl_backward`` does.
+            ``weights``: the ``[T]`` weights of the rows in the aggregate when it is a weighted
+            combination (reported as ``aggregate/weight/<task>``), else None. Needs
+            ``meta_optimizer=None`` (the meta step assumes the inner update descends M);
+            single process only.
 
     Non-finite values never reach the weights: an inner update is skipped when a task loss,
     ``M``, ``dM/dl`` or a gradient is non-finite, a meta update when the hypergradient is
@@ -220,6 +234,7 @@ class MetaLearner:
         fidelity_every: int = 0,
         fidelity_solver: Solver | None = None,
         fidelity_products: str | None = None,
+        aggregate: Aggregate | None = None,
     ) -> None:
         if not _is_int(meta_every) or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
@@ -245,6 +260,15 @@ class MetaLearner:
             raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")
         if not isinstance(meta_loss, nn.Module):
             raise ValueError(f"meta_loss must be an nn.Module, got {type(meta_loss).__name__}")
+        if aggregate is not None and not callable(aggregate):
+            raise ValueError(f"aggregate must be callable or None, got {aggregate!r}")
+        if aggregate is not None and meta_optimizer is not None:
+            raise ValueError(
+                "aggregate replaces the inner update's gradient, while a meta step assumes the "
+                "update descends the meta loss: gradient aggregation needs meta_optimizer=None "
+                "(Recipe.meta_optimizer = None)"
+            )
+        self.aggregate = aggregate
         if not _is_int(fidelity_every) or fidelity_every < 0:
             raise ValueError(f"fidelity_every must be an integer >= 0, got {fidelity_every!r}")
         self.fidelity_every = fidelity_every
@@ -461,7 +485,7 @@ class MetaLearner:
         l_pri: float,
     ) -> _Hypergradient:
         """``products="task_gradients"``: v and c from the aux pass's per-task gradients."""
-        refuse_data_parallel(self.products.name)
+        refuse_data_parallel(f"products={self.products.name!r}")
         params = self.params
         # The inner update takes its gradient from these when aux is the current pass; it
         # needs the current graph only when the current pass is B_pri alone.
@@ -580,7 +604,9 @@ class MetaLearner:
         # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
         for _, p in self.params:
             p.grad = None
-        if reused is None:
+        if self.aggregate is not None:
+            metrics |= self._aggregated_gradient(current, dmeta_dl)
+        elif reused is None:
             values.backward(dmeta_dl.to(values.dtype))
         else:  # the same backward, already taken task by task in the meta step
             for (_, p), grad in zip(self.params, combine(dmeta_dl.tolist(), reused), strict=True):
@@ -612,6 +638,32 @@ class MetaLearner:
             if self.replay > 0:
                 self._remember(batch)
         return metrics | self._skip_metrics()
+
+    def _aggregated_gradient(self, current: _Pass, dmeta_dl: torch.Tensor) -> dict[str, float]:
+        """Set the weights' ``.grad`` through ``self.aggregate`` (see the class docstring);
+        returns the rows' weights as metrics."""
+        refuse_data_parallel("MetaLearner.aggregate", "train in one process")
+        reached = reached_parameters(current.tasks, self.params)
+        gradients = task_gradients(current.tasks, self.params)
+        coefficients = dmeta_dl.tolist()
+        rows = [torch._foreach_mul(g, c) for g, c in zip(gradients, coefficients, strict=True)]
+        owners = [[t for t, task in enumerate(reached) if task[i]] for i in range(len(self.params))]
+        for i, ((_, p), tasks) in enumerate(zip(self.params, owners, strict=True)):
+            p.grad = rows[tasks[0]][i] if len(tasks) == 1 else None
+        shared = [i for i, tasks in enumerate(owners) if len(tasks) > 1]
+        if not shared:
+            return {}
+        shared_rows = [[row[i] for i in shared] for row in rows]
+        if not _all_finite([g for row in shared_rows for g in row]):
+            # The sum is non-finite too: the caller's check skips the update.
+            combined, weights = combine([1.0] * len(rows), shared_rows), None
+        else:
+            combined, weights = self.aggregate(shared_rows)
+        for i, grad in zip(shared, combined, strict=True):
+            self.params[i][1].grad = grad
+        if weights is None:
+            return {}
+        return {f"aggregate/weight/{k}": float(w) for k, w in zip(self.keys, weights, strict=True)}
 
     def _is_meta_call(self) -> bool:
         if self.schedule == "release":

@@ -4,7 +4,8 @@ Names as recipes write them: the run ``train`` (settings) and ``Recipe`` (compon
 ``MetaLearner``, ``MetaLossTransformer``, ``LinearMetaLoss`` and the baseline combiners
 (``FixedWeights``, ``UncertaintyWeighting``, ``DynamicWeightAverage``, ``RandomLossWeighting``,
 ``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``StocBIO`` /
-``Unrolled``; the
+``Unrolled``; ``TorchJDAggregation`` (``MetaLearner.aggregate``, the gradient-aggregation
+baselines); the
 optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``); the
 schedules ``warmup_linear_schedule``, ``multistep_schedule`` and ``constant_schedule``;
 ``Distributed``; the data side
@@ -33,6 +34,7 @@ from meltr import solvers, weighting
 from meltr.data import decoders, stream, synthetic, synthetic_images
 from meltr.data.text import MaskTokens, WordPieceTokenizer
 from meltr.train import schedule
+from meltr.train.aggregation import TorchJDAggregation
 from meltr.train.recipe import Recipe, RunSettings
 
 LEARNER_SUPPLIED = ["model", "meta_loss", "loss_source", "optimizer", "meta_optimizer"]
@@ -59,6 +61,8 @@ for solver in (
     solvers.Unrolled,
 ):
     gin.external_configurable(solver, module="meltr.solvers")
+
+gin.external_configurable(TorchJDAggregation, module="meltr.train")
 
 for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
     gin.external_configurable(optimizer, module="torch.optim", denylist=["params"])

@@ -210,7 +210,7 @@ class Trainer:
         )
         try:
             check_meta_learning_supported(
-                self.parallel.strategy, learner.products.name, learner.solver
+                self.parallel.strategy, learner.products.name, learner.solver, learner.aggregate
             )
         except ValueError as error:
             raise ConfigError(str(error)) from error

@@ -125,3 +125,9 @@ def test_distributed_accepts_finite_differences_and_implicit_solvers():
     for solver in (Identity(), Neumann(), ConjugateGradient(), StocBIO()):
         check_meta_learning_supported("ddp", "finite_difference", solver)
     check_meta_learning_supported("none", "autograd", Unrolled())
+
+
+def test_distributed_refuses_gradient_aggregation():
+    with pytest.raises(ValueError, match="'fsdp' cannot run MetaLearner.aggregate = 'a'"):
+        check_meta_learning_supported("fsdp", "finite_difference", Identity(), aggregate="a")
+    check_meta_learning_supported("none", "finite_difference", Identity(), aggregate="a")
