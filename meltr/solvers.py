@@ -48,9 +48,9 @@ class Neumann:
 
     def __init__(self, steps: int = 3, alpha: float = 1.0) -> None:
         if steps < 0:
-            raise ValueError(f"Neumann steps must be >= 0, got {steps}")
+            raise ValueError(f"{type(self).__name__} steps must be >= 0, got {steps}")
         if alpha <= 0:
-            raise ValueError(f"Neumann alpha must be > 0, got {alpha}")
+            raise ValueError(f"{type(self).__name__} alpha must be > 0, got {alpha}")
         self.steps = steps
         self.alpha = alpha
 
@@ -63,7 +63,7 @@ class Neumann:
         return list(q)
 
     def __repr__(self) -> str:
-        return f"Neumann(steps={self.steps}, alpha={self.alpha})"
+        return f"{type(self).__name__}(steps={self.steps}, alpha={self.alpha})"
 
 
 class ConjugateGradient:
@@ -102,7 +102,7 @@ class ConjugateGradient:
         return f"ConjugateGradient(maxiter={self.maxiter}, damping={self.damping}, tol={self.tol})"
 
 
-class StocBIO:
+class StocBIO(Neumann):
     """StocBiO's stochastic Neumann estimate of ``H^{-1} v`` (Ji, Yang & Liang, ICML 2021,
     "Bilevel Optimization: Convergence Analysis and Enhanced Design", Algorithm 3)::
 
@@ -113,20 +113,9 @@ class StocBIO:
     terms is fixed, as in the paper's StocBiO (unlike the randomly truncated series of Ghadimi &
     Wang's BSA). With independent draws of mean Hessian ``H``, ``E[q] = alpha * sum_{i<=steps}
     (I - alpha H)^i v``: ``Neumann(steps, alpha)`` on ``H``, which tends to ``H^{-1} v`` as
-    ``steps`` grows when ``0 < alpha < 2 / lambda_max(H)`` and H is positive definite. With
-    ``steps`` products it costs what ``Neumann(steps)`` costs, plus the products' forwards on the
-    fresh batches.
+    ``steps`` grows when ``0 < alpha < 2 / lambda_max(H)`` and H is positive definite. It costs
+    what ``Neumann(steps)`` costs: every product evaluates its batch anew either way.
     """
-
-    needs_hvp = True
-
-    def __init__(self, steps: int = 3, alpha: float = 1.0) -> None:
-        if steps < 0:
-            raise ValueError(f"StocBIO steps must be >= 0, got {steps}")
-        if alpha <= 0:
-            raise ValueError(f"StocBIO alpha must be > 0, got {alpha}")
-        self.steps = steps
-        self.alpha = alpha
 
     def solve(
         self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
@@ -140,9 +129,6 @@ class StocBIO:
             term = [t - self.alpha * h for t, h in zip(term, product, strict=True)]
             torch._foreach_add_(total, term)
         return torch._foreach_mul(total, self.alpha)
-
-    def __repr__(self) -> str:
-        return f"StocBIO(steps={self.steps}, alpha={self.alpha})"
 
 
 class Unrolled:
