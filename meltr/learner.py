@@ -40,12 +40,14 @@ from meltr.products import (
     backward_gradients,
     combine,
     make_products,
+    reached_parameters,
     refuse_data_parallel,
     task_gradients,
 )
-from meltr.solvers import ConjugateGradient, Identity, Solver, Unrolled
+from meltr.solvers import HVP, ConjugateGradient, Identity, Solver, Unrolled
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+Aggregate = Callable[[list[list[torch.Tensor]]], tuple[list[torch.Tensor], torch.Tensor | None]]
 
 
 SCHEDULES = ("meltr", "release")
@@ -135,7 +137,9 @@ class MetaLearner:
         optimizer: torch optimizer over the model's parameters (inner updates).
         meta_optimizer: torch optimizer over ``meta_loss``'s parameters, or None for the
             baselines without meta-learning (no meta steps, no replay buffer).
-        solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | Unrolled``.
+        solver: ``meltr.solvers.Identity() | Neumann | ConjugateGradient | StocBIO | Unrolled``
+            (``StocBIO`` takes each Hessian-vector product on a batch drawn from the replay
+            buffer).
         products: ``"finite_difference"`` (central differences, the default),
             ``"finite_difference_one_sided"`` (one perturbed forward; reuses the aux pass's loss
             values; less accurate), ``"task_gradients"`` (exact ``c`` from one backward per
@@ -168,8 +172,9 @@ class MetaLearner:
         replay_seed: seed of the dedicated generator for replay draws (the global RNG is
             never used for them). Draws, in this order per step: the B_pri and B_aux indices
             as ``torch.randint(len(buffer), (2,), generator=...)`` on meta steps (none while the
-            buffer is empty: ``replay=0``, or the first step under ``"release"``), then the
-            evicted index as
+            buffer is empty: ``replay=0``, or the first step under ``"release"``), then one
+            index ``torch.randint(len(buffer), (1,), generator=...)`` per batch a sampling
+            solver (``StocBIO``) draws, then the evicted index as
             ``torch.multinomial(torch.arange(1., replay + 1), 1, generator=...)`` under
             ``"weighted"`` eviction.
         check_parameters: after every inner update, check that the model's parameters are
@@ -186,6 +191,18 @@ class MetaLearner:
             absolute value 1, so the update is invariant to the overall scale of M and the meta
             network sets only the tasks' relative weights and signs. The fixed point of the
             inner problem, and so the implicit hypergradient's direction, is unchanged.
+        aggregate: the gradient-aggregation baselines (PCGrad, MGDA, ...; torchjd's through
+            ``meltr.train.aggregation.TorchJDAggregation``), or None. When given, the inner
+            update takes one backward per task; its rows ``r_t = dM/dl_t * dl_t/dw`` (the
+            tasks' own gradients under ``FixedWeights(T, "sum")``) are combined by
+            ``aggregate(rows) -> (gradient, weights)`` on the shared parameters (those the
+            losses of two or more tasks reach; ``rows[t]`` lists task t's gradient of each, in
+            the model's order), while a parameter one task alone reaches takes that task's row
+            and one no task reaches gets no gradient, as torchjd's ``mtl_backward`` does.
+            ``weights``: the ``[T]`` weights of the rows in the aggregate when it is a weighted
+            combination (reported as ``aggregate/weight/<task>``), else None. Needs
+            ``meta_optimizer=None`` (the meta step assumes the inner update descends M);
+            single process only.
 
     Non-finite values never reach the weights: an inner update is skipped when a task loss,
     ``M``, ``dM/dl`` or a gradient is non-finite, a meta update when the hypergradient is
@@ -223,6 +240,7 @@ class MetaLearner:
         fidelity_solver: Solver | None = None,
         fidelity_products: str | None = None,
         normalize_weights: bool = False,
+        aggregate: Aggregate | None = None,
     ) -> None:
         if not _is_int(meta_every) or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
@@ -248,6 +266,15 @@ class MetaLearner:
             raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")
         if not isinstance(meta_loss, nn.Module):
             raise ValueError(f"meta_loss must be an nn.Module, got {type(meta_loss).__name__}")
+        if aggregate is not None and not callable(aggregate):
+            raise ValueError(f"aggregate must be callable or None, got {aggregate!r}")
+        if aggregate is not None and meta_optimizer is not None:
+            raise ValueError(
+                "aggregate replaces the inner update's gradient, while a meta step assumes the "
+                "update descends the meta loss: gradient aggregation needs meta_optimizer=None "
+                "(Recipe.meta_optimizer = None)"
+            )
+        self.aggregate = aggregate
         if not _is_int(fidelity_every) or fidelity_every < 0:
             raise ValueError(f"fidelity_every must be an integer >= 0, got {fidelity_every!r}")
         self.fidelity_every = fidelity_every
@@ -377,16 +404,26 @@ class MetaLearner:
                     buffer.data.copy_(saved)
             restore_rng(rng)
 
+    @contextlib.contextmanager
+    def _kept_generator(self) -> Iterator[None]:
+        """Restore the replay generator on exit (draws made inside leave no trace)."""
+        state = self.generator.get_state()
+        try:
+            yield
+        finally:
+            self.generator.set_state(state)
+
     # ------------------------------------------------------------------ hypergradients
 
     def hypergradient(self, primary_batch: Any, aux_batch: Any) -> list[torch.Tensor]:
         """``dL_pri/dphi`` as the solver approximates it, aligned with
         ``meta_loss.parameters()`` (what the meta optimizer receives as ``.grad``).
 
-        Changes no parameter, buffer, ``.grad``, optimizer state or global RNG state. When
+        Changes no parameter, buffer, ``.grad``, optimizer state, global RNG state or replay
+        generator state (a sampling solver's draws are undone). When
         ``primary_batch is aux_batch`` the losses are computed once.
         """
-        with self._no_side_effects():
+        with self._no_side_effects(), self._kept_generator():
             return self._hypergradient(primary_batch, aux_batch, current=None).grads
 
     def _hypergradient(
@@ -440,8 +477,7 @@ class MetaLearner:
             coeffs = [torch.ones_like(primary.tasks[0])] + [aux_coeff][: len(outputs) - 1]
         v = backward_gradients(outputs, coeffs, params, retain_graph=keep_graph)
 
-        meta = self._frozen_meta()
-        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), list(v))
+        q = self._solve(aux, list(v))
         jvp = self.products.loss_jvp(aux.losses, params, q, values=aux.values.detach())
         return _Hypergradient(self._phi_hypergradient(jvp, dmeta_dl, residual), l_pri)
 
@@ -456,7 +492,7 @@ class MetaLearner:
         l_pri: float,
     ) -> _Hypergradient:
         """``products="task_gradients"``: v and c from the aux pass's per-task gradients."""
-        refuse_data_parallel(self.products.name)
+        refuse_data_parallel(f"products={self.products.name!r}")
         params = self.params
         # The inner update takes its gradient from these when aux is the current pass; it
         # needs the current graph only when the current pass is B_pri alone.
@@ -471,11 +507,29 @@ class MetaLearner:
             v = backward_gradients([primary.tasks[0]], [one], params, retain_graph=keep)
             if self.gamma != 0.0:
                 torch._foreach_add_(v, combine(coefficients, gradients))
-        meta = self._frozen_meta()
-        q = self.solver.solve(lambda x: self.products.hvp(aux.losses, params, meta, x), v)
+        q = self._solve(aux, v)
         jvp = self.products.loss_jvp(aux.losses, params, q, gradients=gradients)
         grads = self._phi_hypergradient(jvp, dmeta_dl, residual)
         return _Hypergradient(grads, l_pri, gradients if current is aux else None)
+
+    def _solve(self, aux: _Pass, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``q ~= H^{-1} v`` from the solver, given the products on the aux batch and a sampler
+        of products on batches drawn from the replay buffer (the aux batch alone when it is
+        empty), one index ``torch.randint(len(buffer), (1,), generator=self.generator)`` per
+        sampled batch."""
+        meta = self._frozen_meta()
+
+        def products_on(losses: PinnedLosses) -> HVP:
+            return lambda x: self.products.hvp(losses, self.params, meta, x)
+
+        candidates = list(self.buffer) or [aux.losses.batch]
+
+        def sample_hvp() -> HVP:
+            index = int(torch.randint(len(candidates), (1,), generator=self.generator))
+            batch = candidates[index]
+            return products_on(PinnedLosses(self.model, self.loss_source, batch, self.keys))
+
+        return self.solver.solve(products_on(aux.losses), v, sample_hvp=sample_hvp)
 
     def _phi_hypergradient(
         self, jvp: torch.Tensor, dmeta_dl: torch.Tensor, residual: torch.Tensor
@@ -558,7 +612,9 @@ class MetaLearner:
         # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
         for _, p in self.params:
             p.grad = None
-        if reused is None:
+        if self.aggregate is not None:
+            metrics |= self._aggregated_gradient(current, weights)
+        elif reused is None:
             values.backward(weights.to(values.dtype))
         else:  # the same backward, already taken task by task in the meta step
             for (_, p), grad in zip(self.params, combine(weights.tolist(), reused), strict=True):
@@ -599,6 +655,32 @@ class MetaLearner:
             return dmeta_dl
         scale = dmeta_dl.abs().mean()
         return dmeta_dl / scale if bool(scale > 0) else dmeta_dl
+
+    def _aggregated_gradient(self, current: _Pass, dmeta_dl: torch.Tensor) -> dict[str, float]:
+        """Set the weights' ``.grad`` through ``self.aggregate`` (see the class docstring);
+        returns the rows' weights as metrics."""
+        refuse_data_parallel("MetaLearner.aggregate", "train in one process")
+        reached = reached_parameters(current.tasks, self.params)
+        gradients = task_gradients(current.tasks, self.params)
+        coefficients = dmeta_dl.tolist()
+        rows = [torch._foreach_mul(g, c) for g, c in zip(gradients, coefficients, strict=True)]
+        owners = [[t for t, task in enumerate(reached) if task[i]] for i in range(len(self.params))]
+        for i, ((_, p), tasks) in enumerate(zip(self.params, owners, strict=True)):
+            p.grad = rows[tasks[0]][i] if len(tasks) == 1 else None
+        shared = [i for i, tasks in enumerate(owners) if len(tasks) > 1]
+        if not shared:
+            return {}
+        shared_rows = [[row[i] for i in shared] for row in rows]
+        if not _all_finite([g for row in shared_rows for g in row]):
+            # The sum is non-finite too: the caller's check skips the update.
+            combined, weights = combine([1.0] * len(rows), shared_rows), None
+        else:
+            combined, weights = self.aggregate(shared_rows)
+        for i, grad in zip(shared, combined, strict=True):
+            self.params[i][1].grad = grad
+        if weights is None:
+            return {}
+        return {f"aggregate/weight/{k}": float(w) for k, w in zip(self.keys, weights, strict=True)}
 
     def _is_meta_call(self) -> bool:
         if self.schedule == "release":
@@ -685,7 +767,7 @@ class MetaLearner:
         configured = (self.solver, self.products)
         self.solver, self.products = self.fidelity_solver, self.fidelity_products
         try:
-            with self._no_side_effects():
+            with self._no_side_effects(), self._kept_generator():
                 reference = self._hypergradient(primary_batch, aux_batch, None).grads
         finally:
             self.solver, self.products = configured

@@ -313,18 +313,29 @@ class FiniteDifference:
         return _difference(plus, minus, 2.0 * eps)
 
 
-def _graph_nodes(output: torch.Tensor) -> set:
+def _graph(output: torch.Tensor) -> tuple[set, set[int]]:
     """The autograd nodes a backward from ``output`` runs, parameters' ``AccumulateGrad``
-    nodes left out."""
+    nodes left out, and the ids of the leaf tensors it reaches (through those nodes)."""
     seen: set = set()
+    leaves: set[int] = set()
     stack = [output.grad_fn]
     while stack:
         node = stack.pop()
-        if node is None or node in seen or hasattr(node, "variable"):  # a leaf's accumulator
+        if node is None or node in seen:
+            continue
+        if hasattr(node, "variable"):  # a leaf's accumulator
+            leaves.add(id(node.variable))
             continue
         seen.add(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return seen
+    return seen, leaves
+
+
+def reached_parameters(tasks: Sequence[torch.Tensor], params: NamedParams) -> list[list[bool]]:
+    """``[[does a backward from tasks[t] reach params[i] for i] for t]``, from the graphs'
+    structure (a reached parameter whose gradient happens to be zero counts as reached)."""
+    leaves = [_graph(task)[1] for task in tasks]
+    return [[id(p) in reached for _, p in params] for reached in leaves]
 
 
 def task_gradients(
@@ -333,7 +344,7 @@ def task_gradients(
     """``[d tasks[t] / d params for t]``, one ``backward`` from each scalar (see
     ``backward_gradients``). A task's graph is kept for the later tasks only where they share
     nodes (or with ``retain_graph``), so disjoint graphs are freed task by task."""
-    nodes = [_graph_nodes(task) for task in tasks]
+    nodes = [_graph(task)[0] for task in tasks]
     gradients = []
     for index, task in enumerate(tasks):
         later = set().union(*nodes[index + 1 :])
@@ -354,13 +365,14 @@ def combine(
     return total
 
 
-def refuse_data_parallel(products: str) -> None:
-    """RuntimeError when a process group of several ranks is running."""
+def refuse_data_parallel(what: str, instead: str = "use products='finite_difference'") -> None:
+    """RuntimeError naming ``what`` (and what to use ``instead``) when a process group of
+    several ranks is running."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         raise RuntimeError(
-            f"products={products!r} runs one backward per task and is single-process only "
-            "(data-parallel wrappers reduce gradients once per backward; DDP waits for the "
-            "parameters a task does not use): use products='finite_difference'"
+            f"{what} runs one backward per task and is single-process only (data-parallel "
+            "wrappers reduce gradients once per backward; DDP waits for the parameters a task "
+            f"does not use): {instead}"
         )
 
 
@@ -380,7 +392,7 @@ class TaskGradients:
     ) -> torch.Tensor:
         """``c_t = g_t . q``; ``gradients``: the ``g_t`` when the caller has them (otherwise a
         forward with graph and one backward per task, each through the whole graph)."""
-        refuse_data_parallel(self.name)
+        refuse_data_parallel(f"products={self.name!r}")
         if gradients is None:
             with torch.enable_grad():
                 stacked = losses()

@@ -1,8 +1,11 @@
 """Hypergradient solvers: how ``q ~= H^{-1} v`` is obtained (DESIGN.md section 1).
 
-``Identity``, ``Neumann`` and ``ConjugateGradient`` are implicit solvers: ``solve(hvp, v)`` maps
-the gradient ``v = dL_pri/dw`` (a list of tensors shaped like the trainable parameters) to ``q``
-using only Hessian-vector products ``hvp(x) = H x`` of ``L_aux``. ``Unrolled`` instead
+``Identity``, ``Neumann``, ``ConjugateGradient`` and ``StocBIO`` are implicit solvers:
+``solve(hvp, v, sample_hvp)`` maps the gradient ``v = dL_pri/dw`` (a list of tensors shaped like
+the trainable parameters) to ``q`` using only Hessian-vector products: ``hvp(x) = H x`` with the
+Hessian of ``L_aux`` on the aux batch, and ``sample_hvp()``, which draws a fresh batch (the learner
+draws from its replay buffer) and returns the products ``x -> H_j x`` on that batch. The
+deterministic solvers use ``hvp`` only; ``StocBIO`` uses ``sample_hvp`` only. ``Unrolled`` instead
 differentiates through a few inner updates (``inner_weights``). No solver modifies the model.
 """
 
@@ -17,6 +20,7 @@ from meltr.objective import math_attention
 
 Vector = list[torch.Tensor]
 HVP = Callable[[Vector], Vector]
+HVPSampler = Callable[[], HVP]
 
 
 class Identity:
@@ -24,7 +28,9 @@ class Identity:
 
     needs_hvp = False
 
-    def solve(self, hvp: HVP, v: Sequence[torch.Tensor]) -> Vector:
+    def solve(
+        self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
+    ) -> Vector:
         return list(v)
 
     def __repr__(self) -> str:
@@ -42,20 +48,22 @@ class Neumann:
 
     def __init__(self, steps: int = 3, alpha: float = 1.0) -> None:
         if steps < 0:
-            raise ValueError(f"Neumann steps must be >= 0, got {steps}")
+            raise ValueError(f"{type(self).__name__} steps must be >= 0, got {steps}")
         if alpha <= 0:
-            raise ValueError(f"Neumann alpha must be > 0, got {alpha}")
+            raise ValueError(f"{type(self).__name__} alpha must be > 0, got {alpha}")
         self.steps = steps
         self.alpha = alpha
 
-    def solve(self, hvp: HVP, v: Sequence[torch.Tensor]) -> Vector:
+    def solve(
+        self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
+    ) -> Vector:
         q = torchopt.linalg.ns(
             lambda x: tuple(hvp(list(x))), tuple(v), self.steps, alpha=self.alpha
         )
         return list(q)
 
     def __repr__(self) -> str:
-        return f"Neumann(steps={self.steps}, alpha={self.alpha})"
+        return f"{type(self).__name__}(steps={self.steps}, alpha={self.alpha})"
 
 
 class ConjugateGradient:
@@ -79,7 +87,9 @@ class ConjugateGradient:
         self.damping = damping
         self.tol = tol
 
-    def solve(self, hvp: HVP, v: Sequence[torch.Tensor]) -> Vector:
+    def solve(
+        self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
+    ) -> Vector:
         def damped(x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             if not any(bool(t.any()) for t in x):
                 return x
@@ -90,6 +100,35 @@ class ConjugateGradient:
 
     def __repr__(self) -> str:
         return f"ConjugateGradient(maxiter={self.maxiter}, damping={self.damping}, tol={self.tol})"
+
+
+class StocBIO(Neumann):
+    """StocBiO's stochastic Neumann estimate of ``H^{-1} v`` (Ji, Yang & Liang, ICML 2021,
+    "Bilevel Optimization: Convergence Analysis and Enhanced Design", Algorithm 3)::
+
+        q = alpha * sum_{i=0..steps} r_i,   r_0 = v,   r_i = (I - alpha H_i) r_{i-1},
+
+    where ``H_i`` is the Hessian on the i-th of ``steps`` batches drawn independently
+    (``sample_hvp()``, one draw per product; the aux batch's ``hvp`` is not used). The number of
+    terms is fixed, as in the paper's StocBiO (unlike the randomly truncated series of Ghadimi &
+    Wang's BSA). With independent draws of mean Hessian ``H``, ``E[q] = alpha * sum_{i<=steps}
+    (I - alpha H)^i v``: ``Neumann(steps, alpha)`` on ``H``, which tends to ``H^{-1} v`` as
+    ``steps`` grows when ``0 < alpha < 2 / lambda_max(H)`` and H is positive definite. It costs
+    what ``Neumann(steps)`` costs: every product evaluates its batch anew either way.
+    """
+
+    def solve(
+        self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
+    ) -> Vector:
+        if sample_hvp is None and self.steps > 0:
+            raise ValueError("StocBIO needs sample_hvp, the products on freshly drawn batches")
+        term = list(v)
+        total = [t.clone() for t in term]
+        for _ in range(self.steps):
+            product = sample_hvp()(term)
+            term = [t - self.alpha * h for t, h in zip(term, product, strict=True)]
+            torch._foreach_add_(total, term)
+        return torch._foreach_mul(total, self.alpha)
 
 
 class Unrolled:
@@ -144,4 +183,4 @@ class Unrolled:
         return f"Unrolled(steps={self.steps}, lr={self.lr}, optimizer={self.optimizer!r})"
 
 
-Solver = Identity | Neumann | ConjugateGradient | Unrolled
+Solver = Identity | Neumann | ConjugateGradient | StocBIO | Unrolled

@@ -3,7 +3,8 @@ over a baseline method with a paired t-test, and a plot.
 
 Each run's numbers come from its ``results.json`` (written by the training loop from the
 evaluations it logged to ``metrics.jsonl``): the selection metric and the test metrics of the
-selected checkpoint (``best/...``) and of the last one (``last/...``).
+selected checkpoint (``best/...``) and of the last one (``last/...``), and the seconds its training
+steps took (``time/step_seconds``, of which ``time/meta_seconds`` in meta steps).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ SIGNIFICANCE = 0.05
 class RunResult:
     """One finished run: its selection metric (``selection``, e.g. ``val/t2v_R@1``, and whether
     higher is better) and its metrics, keyed ``best/<test metric>``, ``last/<test metric>``,
-    ``selection/value`` and ``best_step``."""
+    ``selection/value``, ``best_step`` and, for runs whose report has them, ``time/step_seconds``
+    and ``time/meta_seconds``."""
 
     method: str
     seed: int
@@ -45,6 +47,7 @@ def read_run(method: str, seed: int, run_dir: Path) -> RunResult:
         metrics |= {
             f"{which}/{key}": value for key, value in report[which].items() if key != "step"
         }
+    metrics |= {f"time/{key}": value for key, value in report.get("time", {}).items()}
     return RunResult(method, seed, selection["metric"], selection["higher_is_better"], metrics)
 
 
@@ -136,6 +139,28 @@ def markdown_table(results: Sequence[RunResult], metric: str, baseline: str | No
     return "\n".join(lines)
 
 
+def time_table(results: Sequence[RunResult], baseline: str | None) -> str:
+    """The markdown table of each method's training time per run (``time/step_seconds``): mean
+    ± sample std over seeds, the share spent in meta steps, and the mean time relative to
+    ``baseline``'s. Empty when no run reports its time."""
+    seconds = method_rows(results, "time/step_seconds", None)
+    if not seconds:
+        return ""
+    meta = {row.method: row.summary.mean for row in method_rows(results, "time/meta_seconds", None)}
+    reference = next((row.summary.mean for row in seconds if row.method == baseline), None)
+    lines = [
+        f"| method | seeds | s per run | meta steps (%) | vs {baseline or 'baseline'} |",
+        "|---|---|---|---|---|",
+    ]
+    for row in seconds:
+        s = row.summary
+        std = "" if s.n < 2 else f" ± {s.std:.1f}"
+        share = f"{100 * meta[row.method] / s.mean:.1f}" if row.method in meta and s.mean else "-"
+        relative = f"{100 * (s.mean / reference - 1):+.1f} %" if reference else "-"
+        lines.append(f"| {row.method} | {s.n} | {s.mean:.1f}{std} | {share} | {relative} |")
+    return "\n".join(lines)
+
+
 def write_markdown(
     results: Sequence[RunResult],
     path: Path,
@@ -145,8 +170,8 @@ def write_markdown(
     failed: Sequence[str] = (),
 ) -> None:
     """``results.md``: the headline table for ``metric`` and for the same metric of the last
-    checkpoint, a table per other ``best/test/`` metric (item counts aside), the command, and
-    the runs that failed."""
+    checkpoint, the training time per run, a table per other ``best/test/`` metric (item counts
+    aside), the command, and the runs that failed."""
     direction = "higher" if results[0].higher_is_better else "lower"
     sections = [
         f"# Comparison: {metric} ({direction} is better)",
@@ -161,6 +186,15 @@ def write_markdown(
         sections += [
             f"## {last}: the last checkpoint instead of the selected one",
             markdown_table(results, last, baseline),
+        ]
+    times = time_table(results, baseline)
+    if times:
+        sections += [
+            "## Training time per run",
+            "Wall seconds of the training steps (evaluation, checkpoints and batch loading left "
+            "out), mean ± sample std over seeds; the share of it in meta steps; the mean relative "
+            "to the baseline's. Runs that shared the machine with other work vary with its load.",
+            times,
         ]
     others = sorted(
         {

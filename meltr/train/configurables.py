@@ -3,7 +3,9 @@
 Names as recipes write them: the run ``train`` (settings) and ``Recipe`` (components);
 ``MetaLearner``, ``MetaLossTransformer``, ``LinearMetaLoss`` and the baseline combiners
 (``FixedWeights``, ``UncertaintyWeighting``, ``DynamicWeightAverage``, ``RandomLossWeighting``,
-``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``Unrolled``; the
+``FAMO``); the solvers ``Identity`` / ``Neumann`` / ``ConjugateGradient`` / ``StocBIO`` /
+``Unrolled``; ``TorchJDAggregation`` (``MetaLearner.aggregate``, the gradient-aggregation
+baselines); the
 optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Adam``); the
 schedules ``warmup_linear_schedule``, ``multistep_schedule`` and ``constant_schedule``;
 ``Distributed``; the data side
@@ -32,6 +34,7 @@ from meltr import solvers, weighting
 from meltr.data import decoders, stream, synthetic, synthetic_images
 from meltr.data.text import MaskTokens, WordPieceTokenizer
 from meltr.train import schedule
+from meltr.train.aggregation import TorchJDAggregation
 from meltr.train.recipe import Recipe, RunSettings
 
 LEARNER_SUPPLIED = ["model", "meta_loss", "loss_source", "optimizer", "meta_optimizer"]
@@ -50,8 +53,16 @@ for meta_loss in (
     weighting.FAMO,
 ):
     gin.external_configurable(meta_loss, module="meltr", denylist=["num_tasks"])
-for solver in (solvers.Identity, solvers.Neumann, solvers.ConjugateGradient, solvers.Unrolled):
+for solver in (
+    solvers.Identity,
+    solvers.Neumann,
+    solvers.ConjugateGradient,
+    solvers.StocBIO,
+    solvers.Unrolled,
+):
     gin.external_configurable(solver, module="meltr.solvers")
+
+gin.external_configurable(TorchJDAggregation, module="meltr.train")
 
 for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
     gin.external_configurable(optimizer, module="torch.optim", denylist=["params"])

@@ -49,7 +49,7 @@ from meltr.tasks.common import is_distributed
 LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 STRATEGIES = ("none", "ddp", "fsdp")
 DISTRIBUTED_PRODUCTS = ("finite_difference",)
-DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient")
+DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient", "StocBIO")
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -378,16 +378,26 @@ def assert_replicated(parameters: Iterable[torch.Tensor], meta_step: int) -> Non
         )
 
 
-def check_meta_learning_supported(strategy: str, products: str, solver: object) -> None:
+def check_meta_learning_supported(
+    strategy: str, products: str, solver: object, aggregate: object = None
+) -> None:
     """Refuse, at start, the combinations a data-parallel run cannot execute.
 
     "ddp"/"fsdp" cannot take double backward (``products="autograd"``), forward-mode derivatives
     (``products="forward"``) or differentiable unrolled updates (solver ``Unrolled``) through the
     backbone: FSDP2 frees gathered parameters after use and DDP reduces gradients in backward
-    hooks. ``solver`` is a solver instance (its class name is checked).
+    hooks. ``solver`` is a solver instance (its class name is checked). Nor can they aggregate
+    per-task gradients (``aggregate``, the learner's ``MetaLearner.aggregate``, if not None):
+    that takes one backward per task, and the wrappers reduce gradients once per backward.
     """
     if strategy == "none":
         return
+    if aggregate is not None:
+        raise ValueError(
+            f"Distributed.strategy={strategy!r} cannot run MetaLearner.aggregate = {aggregate!r}: "
+            "gradient aggregation takes one backward per task and is single-process only; use "
+            "Distributed.strategy='none'"
+        )
     solver_name = type(solver).__name__
     if products not in DISTRIBUTED_PRODUCTS or solver_name not in DISTRIBUTED_SOLVERS:
         raise ValueError(

@@ -6,7 +6,9 @@ Run directory layout (``run_dir``):
 - ``metrics.jsonl``: one JSON object per log step and per evaluation (see RunLog);
 - ``checkpoints/``: ``last`` and ``best`` in the run's format (see checkpointing.py); ``best`` is
   selected on the validation split when the data has one (``val-*.tar``), else on the test split;
-- ``results.json``: the final report: test metrics of the last and of the selected checkpoint;
+- ``results.json``: the final report: test metrics of the last and of the selected checkpoint,
+  and the wall time of the training steps (``time``: ``step_seconds``, of which
+  ``meta_seconds`` in meta steps; evaluation, checkpoints and batch loading left out);
 - ``wandb/``: the W&B run files.
 
 Nothing is created before the whole recipe has been built, every command-line binding has been
@@ -210,7 +212,7 @@ class Trainer:
         )
         try:
             check_meta_learning_supported(
-                self.parallel.strategy, learner.products.name, learner.solver
+                self.parallel.strategy, learner.products.name, learner.solver, learner.aggregate
             )
         except ValueError as error:
             raise ConfigError(str(error)) from error
@@ -409,6 +411,10 @@ class Trainer:
             },
             "last": {"step": progress.step, **_test_metrics(final_metrics)},
             "best": {"step": progress.best_step, **_test_metrics(progress.best_metrics)},
+            "time": {
+                "step_seconds": progress.totals.get("time/step_seconds", 0.0),
+                "meta_seconds": progress.totals.get("time/meta_seconds", 0.0),
+            },
         }
         if self.log is not None:
             self.log.finish()

@@ -12,7 +12,8 @@ from core_toys import MLP, mlp_batch, mlp_source
 from torch import nn
 
 import meltr
-from meltr.solvers import ConjugateGradient, Identity, Unrolled
+from meltr.solvers import ConjugateGradient, Identity, StocBIO, Unrolled
+from meltr.weighting import FixedWeights
 
 
 def _meta_transformer():
@@ -286,6 +287,7 @@ def _assert_same(a, b):
         (ConjugateGradient(maxiter=3), "task_gradients"),
         (ConjugateGradient(maxiter=3), "finite_difference"),
         (ConjugateGradient(maxiter=3), "forward"),
+        (StocBIO(steps=2, alpha=0.1), "finite_difference"),
         (Identity(), "autograd"),
         (Unrolled(steps=2, lr=0.1), "autograd"),
     ],
@@ -757,3 +759,74 @@ def test_fidelity_probe_reports_the_cosine_to_a_reference_and_changes_nothing():
         assert torch.equal(a, b)  # the probe left the training untouched
     for a, b in zip(probed.meta_loss.parameters(), plain.meta_loss.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- gradient aggregation
+
+
+class _Heads(nn.Module):
+    """A shared trunk with one head per task (used by ``_head_source``), and a parameter no
+    task uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(5, 4)
+        self.heads = nn.ModuleList(nn.Linear(4, 1) for _ in range(3))
+        self.unused = nn.Parameter(torch.ones(2))
+
+
+def _head_source(model, batch):
+    features = torch.tanh(model.trunk(batch["x"]))
+    outputs = [head(features)[:, 0] for head in model.heads]
+    return {
+        "primary": ((outputs[0] - batch["y"]) ** 2).mean(),
+        "aux_a": (outputs[1] ** 2).mean(),
+        "aux_b": torch.nn.functional.softplus(outputs[2] - batch["y"]).mean(),
+    }
+
+
+def test_aggregate_combines_the_rows_on_shared_parameters_only():
+    """rows r_t = dM/dl_t * grad l_t; the trunk (shared) gets aggregate(rows), each head its own
+    task's row, the unused parameter no gradient; the aggregate's weights become metrics."""
+    torch.manual_seed(0)
+    model = _Heads()
+    weights = [1.0, 0.5, 2.0]
+    seen = []
+
+    def aggregate(rows):
+        seen.append(rows)
+        coefficients = torch.tensor([0.2, 0.3, 0.5])
+        combined = [
+            sum(c * row[i] for c, row in zip(coefficients, rows, strict=True)) for i in range(2)
+        ]
+        return combined, coefficients
+
+    batch = mlp_batch(0)
+    losses = _head_source(model, batch)
+    trunk = list(model.trunk.parameters())
+    grads = [torch.autograd.grad(losses[k], trunk, retain_graph=True) for k in losses]
+    heads = [
+        torch.autograd.grad(losses[k], list(h.parameters()), retain_graph=True)
+        for k, h in zip(losses, model.heads, strict=True)
+    ]
+    learner = meltr.MetaLearner(
+        model,
+        FixedWeights(3, weights),
+        _head_source,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        None,
+        aggregate=aggregate,
+    )
+    metrics = learner.step(batch)
+    (rows,) = seen
+    for t, row in enumerate(rows):  # the shared parameters: the trunk's, in the model's order
+        for got, expected in zip(row, grads[t], strict=True):
+            torch.testing.assert_close(got, weights[t] * expected)
+    for i, p in enumerate(trunk):
+        expected = sum(c * weights[t] * grads[t][i] for t, c in enumerate([0.2, 0.3, 0.5]))
+        torch.testing.assert_close(p.grad, expected)
+    for t, head in enumerate(model.heads):
+        for p, expected in zip(head.parameters(), heads[t], strict=True):
+            torch.testing.assert_close(p.grad, weights[t] * expected)
+    assert model.unused.grad is None
+    assert [metrics[f"aggregate/weight/{k}"] for k in losses] == pytest.approx([0.2, 0.3, 0.5])

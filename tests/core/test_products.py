@@ -163,3 +163,29 @@ def test_perturbed_forwards_see_the_perturbation_inside_one_autocast_region():
     assert torch.equal(perturbed, expected)
     assert not torch.equal(perturbed, base)
     assert torch.equal(after, base)
+
+
+def test_reached_parameters_are_those_autograd_finds_a_gradient_for():
+    """Against ``torch.autograd.grad(allow_unused=True)``, which returns None for a parameter
+    the output does not depend on; a reached parameter with a zero gradient still counts."""
+    torch.manual_seed(0)
+    trunk, head_a, head_b, unused = (
+        nn.Linear(3, 4),
+        nn.Linear(4, 1),
+        nn.Linear(4, 1),
+        nn.Linear(2, 2),
+    )
+    params = [
+        (f"{module}.{name}", p)
+        for module, layer in {"trunk": trunk, "a": head_a, "b": head_b, "u": unused}.items()
+        for name, p in layer.named_parameters()
+    ]
+    features = torch.tanh(trunk(torch.randn(5, 3)))
+    tasks = [head_a(features).sum(), head_b(features).sum() * 0.0, trunk.bias.sum()]
+    reached = products.reached_parameters(tasks, params)
+    for task, flags in zip(tasks, reached, strict=True):
+        grads = torch.autograd.grad(
+            task, [p for _, p in params], allow_unused=True, retain_graph=True
+        )
+        assert flags == [g is not None for g in grads]
+    assert reached[1][4:6] == [True, True]  # head b: reached, its gradient zero

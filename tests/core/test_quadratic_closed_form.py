@@ -9,6 +9,9 @@ With ``s = sign(sum_t (lam_t - 1) l_t(w*))`` (aux batch) and ``g_val = grad l_0(
     dL/dlam_s = gamma * s * l_s(w*)  [direct term]  -  (P v) . grad l_s(w*)
 
 where ``P = H^{-1}`` (CG), ``I`` (Identity) or ``alpha sum_{j<=K} (I - alpha H)^j`` (Neumann).
+StocBIO takes its K products on batches drawn from the replay buffer:
+``P = alpha sum_{i<=K} prod_{k<=i} (I - alpha H_{b_k})`` (later factors on the left) with
+``H_b`` the Hessian of batch b and ``b_k`` the learner's draws.
 ``Unrolled(K, lr, "sgd")`` started at w* equals the Neumann form with ``K - 1`` steps and
 ``alpha = lr`` (the inner iterates stay at w*; their derivative in lam is that sum).
 """
@@ -21,7 +24,7 @@ from core_toys import Quadratic, quadratic_batch, quadratic_source, relative_err
 
 import meltr
 from meltr.products import make_products
-from meltr.solvers import ConjugateGradient, Identity, Neumann, Unrolled
+from meltr.solvers import ConjugateGradient, Identity, Neumann, StocBIO, Unrolled
 
 DIM, TASKS, N = 6, 3, 20
 LAMBDA = [1.0, 0.5, 0.3]
@@ -103,10 +106,12 @@ def test_identity_and_direct_term(products, direct_grad):
 
 
 @pytest.mark.parametrize("products", sorted(PRODUCTS_TOL))
-def test_neumann_partial_sum(products):
+@pytest.mark.parametrize("solver", [Neumann, StocBIO])
+def test_neumann_partial_sum(products, solver):
+    """StocBIO with an empty replay buffer draws the aux batch for every product: Neumann."""
     learner, primary, aux, H, closed_form = _setup(torch.float64, 0.5, True, None, products)
     alpha = _alpha(H)
-    learner.solver = Neumann(steps=4, alpha=alpha)
+    learner.solver = solver(steps=4, alpha=alpha)
     expected = closed_form(_neumann_matrix(H, 4, alpha))
     assert relative_error(learner.hypergradient(primary, aux), expected) < PRODUCTS_TOL[products]
 
@@ -121,6 +126,34 @@ def test_neumann_approaches_conjugate_gradient_as_steps_grow():
         errors.append(relative_error(learner.hypergradient(primary, aux), cg))
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-6
+
+
+def _hessian(batch: dict) -> torch.Tensor:
+    """``H = sum_t lam_t X_t^T X_t / n`` of one quadratic batch."""
+    A = torch.einsum("tni,tnj->tij", batch["x"], batch["x"]) / N
+    return torch.einsum("t,tij->ij", torch.tensor(LAMBDA, dtype=A.dtype), A)
+
+
+@pytest.mark.parametrize("products", ["autograd", "finite_difference"])
+def test_stocbio_takes_each_product_on_a_fresh_buffer_draw(products):
+    learner, primary, aux, H, closed_form = _setup(torch.float64, 0.5, True, None, products)
+    buffer = [quadratic_batch(TASKS, N, DIM, torch.float64, seed=10 + k) for k in range(4)]
+    learner.buffer.extend(buffer)
+    steps, alpha = 5, 0.5 * _alpha(H)
+    learner.solver = StocBIO(steps=steps, alpha=alpha)
+    replay = torch.Generator()
+    replay.set_state(learner.generator.get_state())
+    drawn = [int(torch.randint(len(buffer), (1,), generator=replay)) for _ in range(steps)]
+    assert len(set(drawn)) > 1  # the draws differ, so one reused batch would not match
+    eye = torch.eye(DIM, dtype=torch.float64)
+    term, P = eye, eye.clone()
+    for index in drawn:
+        term = (eye - alpha * _hessian(buffer[index])) @ term
+        P = P + term
+    before = learner.generator.get_state()
+    got = learner.hypergradient(primary, aux)
+    assert relative_error(got, closed_form(alpha * P)) < PRODUCTS_TOL[products]
+    assert torch.equal(learner.generator.get_state(), before)  # a query draws nothing for good
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5])

@@ -11,7 +11,7 @@ import torch
 from dist_toy import global_batch, local_slice, make_model
 from dist_workers import checkpoint_worker, preemption_worker, train_steps
 
-from meltr.solvers import ConjugateGradient, Identity, Neumann, Unrolled
+from meltr.solvers import ConjugateGradient, Identity, Neumann, StocBIO, Unrolled
 from meltr.train.distributed import Distributed, check_meta_learning_supported, spawn_local_ranks
 from meltr.train.preemption import PreemptionHandler
 from meltr.train.sharded import (
@@ -118,12 +118,16 @@ def test_distributed_refuses_backbone_double_backward(products, solver):
         check_meta_learning_supported("fsdp", products, solver)
     message = str(error.value)
     assert f"products={products!r}" in message and type(solver).__name__ in message
-    assert "products='finite_difference' with solver Identity, Neumann or ConjugateGradient" in (
-        message
-    )
+    assert "with solver Identity, Neumann, ConjugateGradient or StocBIO" in message
 
 
 def test_distributed_accepts_finite_differences_and_implicit_solvers():
-    for solver in (Identity(), Neumann(), ConjugateGradient()):
+    for solver in (Identity(), Neumann(), ConjugateGradient(), StocBIO()):
         check_meta_learning_supported("ddp", "finite_difference", solver)
     check_meta_learning_supported("none", "autograd", Unrolled())
+
+
+def test_distributed_refuses_gradient_aggregation():
+    with pytest.raises(ValueError, match="'fsdp' cannot run MetaLearner.aggregate = 'a'"):
+        check_meta_learning_supported("fsdp", "finite_difference", Identity(), aggregate="a")
+    check_meta_learning_supported("none", "finite_difference", Identity(), aggregate="a")

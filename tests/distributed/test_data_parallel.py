@@ -17,7 +17,7 @@ from dist_workers import (
 )
 
 from meltr.backbones.allinone.losses import AllInOneRetrievalLoss
-from meltr.solvers import Identity, Neumann
+from meltr.solvers import Identity, Neumann, StocBIO
 from meltr.train.distributed import Distributed, spawn_local_ranks
 
 TOLERANCE = dict(rtol=1e-10, atol=1e-12)
@@ -77,8 +77,9 @@ def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
     [
         (Distributed(strategy="fsdp"), Neumann(steps=1, alpha=0.5)),
         (Distributed(strategy="ddp"), Identity()),
+        (Distributed(strategy="ddp"), StocBIO(steps=2, alpha=0.5)),
     ],
-    ids=["fsdp+neumann", "ddp+identity"],
+    ids=["fsdp+neumann", "ddp+identity", "ddp+stocbio"],
 )
 def test_meta_learning_on_two_ranks_matches_one_process(config, solver, tmp_path):
     steps = 4  # meta steps at 2 and 4

@@ -183,3 +183,11 @@ def test_distributed_run_refuses_double_backward_through_the_backbone(tiny_args,
     error = capsys.readouterr().err
     assert "Distributed.strategy='fsdp' cannot run products='autograd'" in error
     assert "Use products='finite_difference' with solver Identity" in error
+
+
+def test_distributed_run_refuses_gradient_aggregation(tiny_args, tmp_path, capsys):
+    args = tiny_args(tmp_path / "run", "ddp") + ["--gin", "gin/baselines/pcgrad.gin"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "Distributed.strategy='ddp' cannot run MetaLearner.aggregate" in error
+    assert not (tmp_path / "run").exists()

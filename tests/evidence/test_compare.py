@@ -98,6 +98,35 @@ def test_results_md_states_the_per_method_statistics_and_the_paired_gain(compari
     assert (output / "results.png").stat().st_size > 1000
 
 
+def test_each_runs_training_seconds_are_the_sum_of_its_logged_intervals(comparison):
+    """results.json's step seconds against metrics.jsonl: each log record covers log_every
+    steps of batch_size items at time/clips_per_s, so its seconds are items / clips_per_s."""
+    output, _ = comparison
+    for run in (path for path in output.glob("*/seed-*") if path.is_dir()):
+        report = json.loads((run / "results.json").read_text())["time"]
+        records = [r for r in read_jsonl(run / "metrics.jsonl") if "time/clips_per_s" in r]
+        logged = sum(2 * 8 / r["time/clips_per_s"] for r in records)  # log_every 2, batch 8
+        assert report["step_seconds"] == pytest.approx(logged, rel=1e-6)
+        assert 0.0 <= report["meta_seconds"] < report["step_seconds"]
+        assert (report["meta_seconds"] > 0) == (run.parent.name == "meltr")
+
+
+def test_results_md_tabulates_the_seconds_per_run(comparison):
+    output, _ = comparison
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    section = (output / "results.md").read_text().split("## Training time per run")[1]
+    seconds = {
+        m: [float(r["time/step_seconds"]) for r in rows if r["method"] == m]
+        for m in ("multi-task", "meltr")
+    }
+    meta = [float(r["time/meta_seconds"]) for r in rows if r["method"] == "meltr"]
+    mean, std = np.mean(seconds["meltr"]), np.std(seconds["meltr"], ddof=1)
+    relative = 100 * (mean / np.mean(seconds["multi-task"]) - 1)
+    share = 100 * np.mean(meta) / mean
+    assert f"| meltr | 2 | {mean:.1f} ± {std:.1f} | {share:.1f} | {relative:+.1f} % |" in section
+    assert "| multi-task | 2 |" in section and "| +0.0 % |" in section
+
+
 def test_a_repeated_command_keeps_finished_runs_and_resumes_an_unfinished_one(comparison):
     output, argv = comparison
     finished = output / "meltr" / "seed-0" / "results.json"
