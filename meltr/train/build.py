@@ -175,7 +175,21 @@ def load_official_checkpoint(
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> the first GPU when there is one, else the CPU; otherwise ``torch.device``."""
+    """``"auto"`` -> the first GPU when there is one, else the CPU; otherwise ``torch.device``.
+    ConfigError naming ``train.device`` when it asks for a GPU this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"train.device = {name!r}, but this machine has no CUDA device "
+                "(torch.cuda.is_available() is False); use 'auto' or 'cpu'"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device = {name!r}, but this machine has {count} CUDA device(s) "
+                f"(cuda:0 ... cuda:{count - 1})"
+            )
+    return device

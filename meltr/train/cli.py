@@ -7,7 +7,8 @@
 
 Exit codes: 0 done (or stopped by a preemption signal, resumable); 1 the run stopped itself
 (diverged: non-finite values; the last good checkpoint is kept); 2 configuration or data error
-(found before anything was written, or an unusable data stream).
+(found before anything was written, or an unusable data stream), or a full disk (what was saved
+before is intact; the message names it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import meltr.train.configurables  # noqa: F401  (the gin registrations)
 from meltr.data.stream import NoUsableSamplesError
 from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings
-from meltr.train.loop import TrainingStopped, run_training
+from meltr.train.loop import DiskFullError, TrainingStopped, run_training
 
 CONFIG_ERROR = 2
 STOPPED = 1
@@ -106,6 +107,9 @@ def run_command(body: Callable[[], int]) -> int:
         return body()
     except (ConfigError, NoUsableSamplesError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
+        return CONFIG_ERROR
+    except DiskFullError as error:
+        print(f"disk full: {error}", file=sys.stderr)
         return CONFIG_ERROR
     except TrainingStopped as error:
         print(f"training stopped: {error}", file=sys.stderr)

@@ -40,6 +40,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from meltr.train.single_file import write_text_atomically
+
 LATEST = "latest"
 INFO = "info.json"
 REPLICATED = "replicated.pt"
@@ -105,7 +107,7 @@ def save_sharded(
     if rank == 0:
         (staging / INFO).write_text(json.dumps({"step": step, "world_size": world_size}))
         _replace_directory(staging, final)
-        _write_atomically(root / LATEST, final.name)
+        write_text_atomically(root / LATEST, final.name)
         _prune(root, keep)
     _barrier()
     return final
@@ -123,16 +125,26 @@ def latest_sharded(checkpoints: str | os.PathLike) -> Path | None:
     return complete[-1] if complete else None
 
 
+def read_info(checkpoint: str | os.PathLike) -> dict[str, int]:
+    """A complete checkpoint's ``info.json``: ``{"step", "world_size"}``. FileNotFoundError when
+    the checkpoint is incomplete, ValueError when the file is damaged (both name it)."""
+    info_file = Path(checkpoint) / INFO
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint: {INFO} is missing")
+    try:
+        info = json.loads(info_file.read_text())
+        return {"step": int(info["step"]), "world_size": int(info["world_size"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{info_file} is damaged: {error!r}") from error
+
+
 def load_sharded(
     checkpoint: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> LoadedCheckpoint:
     """Fill ``model`` and ``optimizer`` (wrapped as in the current run, any world size) from
     ``checkpoint`` in place and return the rest of its state. A collective: call on every rank."""
     path = Path(checkpoint)
-    info_file = path / INFO
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint: {INFO} is missing")
-    info = json.loads(info_file.read_text())
+    info = read_info(path)
 
     model_state = get_model_state_dict(model)
     dcp.load(model_state, checkpoint_id=path / "model")
@@ -250,12 +262,6 @@ def _replace_directory(source: Path, target: Path) -> None:
         shutil.rmtree(displaced)
     else:
         source.rename(target)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def _prune(root: Path, keep: int) -> None:

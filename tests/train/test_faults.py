@@ -40,9 +40,20 @@ def test_an_exploding_meta_network_never_reaches_the_weights(tiny_args, tmp_path
     run = tmp_path / "run"
     args = tiny_args(run) + ["--meta/Adam.lr=1e30", "--MetaLearner.meta_every=1"]
     args += ["--train.steps=3", "--train.checkpoint_every=1", "--train.max_consecutive_skips=100"]
-    with pytest.warns(UserWarning, match="skipped"):
+    original_step = meltr.MetaLearner.step
+    learners = []
+
+    def remember_learner(self, batch):
+        learners.append(self)
+        return original_step(self, batch)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(UserWarning, match="skipped"):
+        patch.setattr(meltr.MetaLearner, "step", remember_learner)
         assert main(args) == 0
-    assert all_finite(run / "checkpoints" / "last.pt")
+    weights = list(learners[-1].model.parameters())
+    assert all(bool(torch.isfinite(weight).all()) for weight in weights)
+    for checkpoint in (run / "checkpoints").glob("*.pt"):  # only healthy states are saved
+        assert all_finite(checkpoint)
     record = [r for r in read_metrics(run) if "loss/itc" in r][-1]
     skipped = sum(value for key, value in record.items() if key.startswith("skipped/"))
     assert skipped >= 1  # the non-finite updates were counted, not applied
