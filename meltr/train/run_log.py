@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import torch
 import wandb
 
-from meltr.train.single_file import write_text_atomically
+from meltr.atomic_files import write_text_atomically
 
 
 def wandb_mode() -> str:

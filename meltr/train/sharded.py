@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from meltr.train.single_file import write_text_atomically
+from meltr.atomic_files import write_text_atomically
 
 LATEST = "latest"
 INFO = "info.json"

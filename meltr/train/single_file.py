@@ -1,5 +1,4 @@
-"""Single-file checkpoints: one ``torch.save`` file per checkpoint, written atomically (and
-``write_text_atomically`` for the run's small text files).
+"""Single-file checkpoints: one ``torch.save`` file per checkpoint, written atomically.
 
 A crash at any point of a save leaves the previous file intact; temporary files a killed save left
 behind are removed by the next save of the same file.
@@ -46,15 +45,3 @@ def save_atomic(
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path``'s content by ``text`` so that a crash at any point leaves either the old
-    or the new content (a synced temporary file renamed over it)."""
-    path = Path(path)
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(staging, path)
