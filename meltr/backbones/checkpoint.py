@@ -85,8 +85,14 @@ def read_file(path: str | PathLike, trust_pickle: bool) -> object:
                 "train.trust_checkpoint_pickle = True (trust_pickle=True)."
             ) from error
         logger.warning("%s: unpickling in full (trust_pickle=True)", path)
-    except (EOFError, RuntimeError, OSError) as error:
+    except (EOFError, OSError) as error:
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
+    except CheckpointReadError:
+        raise
+    except Exception as error:  # damaged bytes make torch's reader raise almost anything
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path}: it is corrupt ({_reason(error)})"
+        ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as error:  # a pickled class this environment lacks
@@ -94,7 +100,7 @@ def read_file(path: str | PathLike, trust_pickle: bool) -> object:
             f"cannot unpickle checkpoint {path}: {error} (it pickles an object of a module that "
             "is not installed here)"
         ) from error
-    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as error:
+    except Exception as error:
         raise CheckpointReadError(
             f"cannot read checkpoint {path}: it is corrupt ({_reason(error)})"
         ) from error
@@ -126,12 +132,14 @@ def _check_torch_format(path: str | PathLike) -> None:
 def _reason(error: BaseException) -> str:
     if isinstance(error, EOFError):
         return "the file is empty or truncated"
+    if not str(error).strip():
+        return type(error).__name__
     if isinstance(error, pickle.UnpicklingError):  # torch's message: the cause is the line after
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         causes = [line for line in lines if line.startswith(("Unsupported", "invalid load key"))]
         if causes:
             return causes[0]
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
 
 
 def read_state_dict(

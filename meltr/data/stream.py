@@ -301,11 +301,12 @@ class _EvalStream(IterableDataset):
 
 
 def _leave_signals_to_the_main_process(worker_id: int) -> None:
-    """A DataLoader worker ignores SIGTERM and SIGUSR1. A scheduler (Slurm, Kubernetes) signals
-    the whole process group; the training process stops at the next step boundary and checkpoints
-    (``meltr.train.preemption``), then ends its workers itself. A worker that died of the signal
-    first would crash the run before it could save."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    """A DataLoader worker ignores SIGTERM, SIGUSR1 and SIGINT. A scheduler (Slurm, Kubernetes)
+    signals the whole process group, as Ctrl-C does; the training process stops at the next step
+    boundary and checkpoints (``meltr.train.preemption``), or reports where it was interrupted,
+    then ends its workers itself. A worker that died of the signal first would crash the run
+    before it could save."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
 
 

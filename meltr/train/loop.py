@@ -78,6 +78,10 @@ class TrainingStopped(RuntimeError):
     checkpoint was kept (``meltr.train.divergence``)."""
 
 
+class Interrupted(RuntimeError):
+    """The user interrupted the run (Ctrl-C); the message says where it can continue from."""
+
+
 class DiskFullError(RuntimeError):
     """Writing into the run directory failed for lack of space; what was saved before is intact
     (the message names the last checkpoint)."""
@@ -108,6 +112,11 @@ def run_training(
         trainer = Trainer(run_dir, resume, settings, recipe, parallel, context)
         trainer.prepare(command_line_bindings, lock)
         return trainer.run()
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{_newest_checkpoint(run_dir / 'checkpoints')}; continue with --output {run_dir} "
+            "--resume"
+        ) from None
     except OSError as error:
         if error.errno not in DISK_FULL:
             raise
@@ -125,7 +134,7 @@ def _newest_checkpoint(checkpoints: Path) -> str:
     """Which checkpoint a resumed run would continue from, in words."""
     readable = [saved for saved in saved_checkpoints(checkpoints) if saved.step is not None]
     if not readable:
-        return "No checkpoint was saved yet"
+        return "No checkpoint was saved yet (--resume starts the run again from step 0)"
     return f"The last checkpoint, {readable[0].path} (step {readable[0].step}), is intact"
 
 

@@ -88,7 +88,7 @@ def saved_checkpoints(directory: str | os.PathLike) -> list[SavedCheckpoint]:
         if (path / sharded.INFO).is_file()
     ]
     # sorted() is stable: at one step, the order above (last, last.prev, best) is kept.
-    return sorted(found, key=lambda saved: -1 if saved.step is None else -saved.step - 1)
+    return sorted(found, key=lambda saved: (saved.step is not None, -(saved.step or 0)))
 
 
 def _file_step(path: Path) -> int | None:
