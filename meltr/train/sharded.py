@@ -12,8 +12,11 @@ ranks share)::
     <checkpoints>/latest  the name of the newest complete checkpoint
 
 A save writes into ``.step-00000120.tmp`` and renames it when every rank has finished, so a crash
-mid-save leaves the previous checkpoint as ``latest``. Loading works at any world size: DCP reshards
-model and optimizer; rank-local batches can be re-split with ``reslice_batches``.
+mid-save leaves the previous checkpoint as ``latest``; the next save removes what a killed save left.
+A write that fails on one rank (a full disk) fails the save on every rank, with an OSError of the
+same errno, instead of leaving the others waiting at the next collective. Loading works at any
+world size: DCP reshards model and optimizer; rank-local batches can be re-split with
+``reslice_batches``.
 
 ``meltr.train.checkpointing`` puts a training run into this layout.
 """
@@ -33,6 +36,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -93,16 +97,27 @@ def save_sharded(
     staging = root / f".{final.name}.tmp"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in root.glob(".step-*.tmp"):  # left by a killed or failed save
+            shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir()
     _barrier()
 
-    dcp.save(get_model_state_dict(model), checkpoint_id=staging / "model")
-    dcp.save(get_optimizer_state_dict(model, optimizer), checkpoint_id=staging / "optimizer")
-    torch.save(dict(rank_state), staging / _rank_file(rank))
-    if rank == 0:
-        torch.save(dict(replicated_state), staging / REPLICATED)
-    _barrier()
+    failure = None
+    try:
+        dcp.save(get_model_state_dict(model), checkpoint_id=staging / "model")
+        dcp.save(get_optimizer_state_dict(model, optimizer), checkpoint_id=staging / "optimizer")
+        torch.save(dict(rank_state), staging / _rank_file(rank))
+        if rank == 0:
+            torch.save(dict(replicated_state), staging / REPLICATED)
+    except OSError as error:  # this rank's files (a full disk, ...)
+        failure = error
+    except CheckpointException as error:  # DCP's, raised on every rank alike
+        failure = next(
+            (cause for cause, _ in error.failures.values() if isinstance(cause, OSError)), None
+        )
+        if failure is None:
+            raise
+    _raise_on_every_rank(failure, staging)
 
     if rank == 0:
         (staging / INFO).write_text(json.dumps({"step": step, "world_size": world_size}))
@@ -244,6 +259,27 @@ def rank_and_world_size() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _raise_on_every_rank(failure: OSError | None, staging: Path) -> None:
+    """Raise ``failure`` (an OSError of one rank's write) on every rank, so that no rank waits at
+    the next collective for one that has left; the ranks without one raise an OSError of the same
+    errno naming ``staging``. A collective; returns when no rank failed."""
+    if not dist.is_initialized():
+        if failure is not None:
+            raise failure
+        return
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
+    code = torch.tensor([0 if failure is None else (failure.errno or -1)], device=device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)
+    if failure is not None:
+        raise failure
+    if int(code.item()):
+        number = int(code.item())
+        message = os.strerror(number) if number > 0 else "write failed"
+        raise OSError(number, f"{message} (on another rank)", str(staging))
 
 
 def _barrier() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
+
+import torch
 
 import meltr
 from meltr.train.cli import main
@@ -24,3 +27,19 @@ def cli_worker(args: list[str], signal_rank: int | None, signal_at_step: int | N
         meltr.MetaLearner.step = step_with_signal
     if main(args) != 0:
         raise RuntimeError(f"tools/train.py {' '.join(args)} failed")
+
+
+def killed_while_saving_worker(args: list[str], step: int) -> None:
+    """``tools/train.py args`` on this rank, killed (SIGKILL, as by the kernel or a scheduler's
+    kill -9) in the middle of writing the checkpoint of ``step``: after its DCP shards and its
+    own file, before the checkpoint is complete."""
+    original_save = torch.save
+
+    def save_then_die(obj, file, *rest, **options):
+        original_save(obj, file, *rest, **options)
+        path = str(file) if isinstance(file, str | os.PathLike) else ""
+        if f".step-{step:08d}.tmp" in path and Path(path).name.startswith("rank-"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = save_then_die
+    main(args)

@@ -3,6 +3,7 @@ compares into ``out_dir / f"rank{rank}.pt"``."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -111,6 +112,33 @@ def checkpoint_worker(config: Distributed, out_dir: Path, save_after: int, total
     )
     history += train_steps(model, optimizer, range(save_after, total), rank, world_size)
     torch.save({"history": history}, out_dir / f"rank{rank}.pt")
+    shutdown_distributed()
+
+
+def full_disk_worker(config: Distributed, out_dir: Path, full_rank: int) -> None:
+    """Save a checkpoint while rank ``full_rank`` finds its disk full (its own file's write
+    raises ENOSPC); record what each rank raised, then save again with room."""
+    context = init_distributed(config)
+    model = wrap_model(make_model(), context, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    train_steps(model, optimizer, range(1), context.rank, context.world_size)
+    original_save = torch.save
+
+    def save_on_a_full_disk(obj, file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and Path(file).name.startswith("rank-"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return original_save(obj, file, *args, **kwargs)
+
+    raised = None
+    if context.rank == full_rank:
+        torch.save = save_on_a_full_disk
+    try:
+        save_sharded(out_dir / "checkpoints", 1, model, optimizer, {"step": 1}, {})
+    except OSError as error:
+        raised = {"errno": error.errno, "message": str(error)}
+    torch.save = original_save
+    save_sharded(out_dir / "checkpoints", 2, model, optimizer, {"step": 2}, {})  # with room
+    torch.save({"raised": raised}, out_dir / f"rank{context.rank}.pt")
     shutdown_distributed()
 
 
