@@ -21,6 +21,11 @@ from torch import nn
 from meltr.backbones.checkpoint import LoadReport
 from meltr.objective import capture_rng, restore_rng
 from meltr.train.config import ConfigError
+from meltr.train.distributed import (
+    check_meta_learning_supported,
+    mean_over_ranks,
+    reduced_loss_source,
+)
 from meltr.train.recipe import Recipe, RunSettings
 
 
@@ -193,3 +198,37 @@ def resolve_device(name: str) -> torch.device:
                 f"(cuda:0 ... cuda:{count - 1})"
             )
     return device
+
+
+def build_learner(
+    recipe: Recipe, settings: RunSettings, model: nn.Module, meta_loss: nn.Module, strategy: str
+) -> tuple[Any, torch.optim.lr_scheduler.LRScheduler]:
+    """The learner (``Recipe.learner`` with ``Recipe.optimizer`` over the model and
+    ``Recipe.meta_optimizer`` over the meta loss) and the LR schedule (``Recipe.schedule`` over
+    ``train.steps``). Under a data-parallel ``strategy`` the loss source gives global-batch values
+    and phi's gradient is averaged over the ranks; ConfigError for a solver or products the
+    strategy cannot run."""
+    sharded = strategy != "none"
+    optimizer = construct("Recipe.optimizer", recipe.optimizer, model.parameters())
+    meta_optimizer = (
+        None
+        if recipe.meta_optimizer is None
+        else construct("Recipe.meta_optimizer", recipe.meta_optimizer, meta_loss.parameters())
+    )
+    schedule = construct("Recipe.schedule", recipe.schedule, optimizer, total_steps=settings.steps)
+    loss_source = recipe.loss_source
+    learner = construct(
+        "Recipe.learner",
+        recipe.learner,
+        model=model,
+        meta_loss=meta_loss,
+        loss_source=reduced_loss_source(loss_source) if sharded else loss_source,
+        optimizer=optimizer,
+        meta_optimizer=meta_optimizer,
+        **({"reduce": mean_over_ranks} if sharded else {}),
+    )
+    try:
+        check_meta_learning_supported(strategy, learner.products.name, learner.solver)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return learner, schedule

@@ -23,7 +23,8 @@ from pathlib import Path
 import meltr.train.configurables  # noqa: F401  (the gin registrations)
 from meltr.data.stream import NoUsableSamplesError
 from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings
-from meltr.train.loop import DiskFullError, Interrupted, TrainingStopped, run_training
+from meltr.train.divergence import TrainingStopped
+from meltr.train.run import DiskFullError, Interrupted, run_training
 
 CONFIG_ERROR = 2
 STOPPED = 1

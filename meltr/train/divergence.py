@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meltr.train.saved_checkpoints import saved_checkpoints, set_aside
+from meltr.train.saved_checkpoints import newest_readable, saved_checkpoints, set_aside
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself: it diverged (non-finite values, see the message); the last good
+    checkpoint was kept."""
 
 
 def unhealthy_reason(consecutive_skips: int, last_skip: str | None) -> str | None:
@@ -46,9 +51,9 @@ def keep_good_checkpoints(checkpoints: Path, last_applied_step: int) -> str:
             f"Every update from the state saved at step {last_applied_step} failed, so its "
             f"checkpoint was set aside: {', '.join(moved)}. "
         )
-    good = [saved for saved in saved_checkpoints(checkpoints) if saved.step is not None]
-    if good:
-        return sentence + f"The last good checkpoint is {good[0].path} (step {good[0].step})"
+    good = newest_readable(checkpoints)
+    if good is not None:
+        return sentence + f"The last good checkpoint is {good.path} (step {good.step})"
     return sentence + (
         f"{checkpoints} holds no good checkpoint: the run diverged before its first one, and "
         "--resume starts it again from step 0"

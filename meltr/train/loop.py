@@ -10,12 +10,13 @@ Run directory layout (``run_dir``):
 - ``wandb/``: the W&B run files.
 
 Nothing is created before the whole recipe has been built, every command-line binding has been
-checked to be used, and the first training batch has been read.
+checked to be used, and the first training batch has been read; the run directory is then claimed
+(``meltr.train.run_directory``). Only a healthy state is checkpointed (``meltr.train.divergence``).
+``meltr.train.run`` runs a Trainer as one command.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import random
 import time
@@ -50,92 +51,20 @@ from meltr.train.distributed import (
     Distributed,
     DistributedContext,
     assert_replicated,
-    check_meta_learning_supported,
     gathered_parameters,
-    init_distributed,
-    mean_over_ranks,
-    reduced_loss_source,
-    shutdown_distributed,
     wrap_model,
 )
-from meltr.train.divergence import keep_good_checkpoints, unhealthy_reason
+from meltr.train.divergence import TrainingStopped, keep_good_checkpoints, unhealthy_reason
 from meltr.train.health import HealthMonitor
 from meltr.train.meters import IntervalMeter, SkipWarnings
 from meltr.train.preemption import PreemptionHandler
-from meltr.train.recipe import RunSettings, check_paths, has_split, is_better
+from meltr.train.recipe import RunSettings, has_split, is_better
 from meltr.train.resume_settings import changed_settings, check_resumed_settings
-from meltr.train.run_directory import RunDirectoryLock, check_output
+from meltr.train.run_directory import RunDirectoryLock
 from meltr.train.run_log import RunLog, StepLog, truncate_jsonl
 from meltr.train.saved_checkpoints import saved_checkpoints, set_aside
 
 METRICS, STEPS = "metrics.jsonl", "analysis/steps.jsonl"
-# A full disk: the run stops with exit 2 and says what it kept.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped itself: it diverged (non-finite values, see the message); the last good
-    checkpoint was kept (``meltr.train.divergence``)."""
-
-
-class Interrupted(RuntimeError):
-    """The user interrupted the run (Ctrl-C); the message says where it can continue from."""
-
-
-class DiskFullError(RuntimeError):
-    """Writing into the run directory failed for lack of space; what was saved before is intact
-    (the message names the last checkpoint)."""
-
-
-def run_training(
-    run_dir: str | Path, resume: bool = False, command_line_bindings: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Train the parsed gin recipe into ``run_dir``; return the final report (``results.json``).
-
-    ``command_line_bindings`` (the user's ``--gin_param`` / ``--X.y=v`` bindings) must all be
-    used by the run (ConfigError naming the first that is not). Under torchrun with
-    ``Distributed.strategy`` "ddp" or "fsdp", ``train.batch_size`` is the global batch (split
-    evenly over the ranks), every rank reads its own data, the loss values the meta network sees
-    are global-batch values, checkpoints are sharded and only rank 0 logs. SIGTERM or SIGUSR1
-    makes every rank checkpoint at the next step boundary and return; ``resume`` continues from
-    the newest valid checkpoint (at the same or another world size, sharded checkpoints also in
-    one plain process).
-    """
-    run_dir = Path(run_dir)
-    check_output(run_dir, resume)
-    settings, recipe = build.read_recipe()
-    parallel = build.construct("Distributed", gin.get_configurable("Distributed"))
-    check_paths(settings, needs_vocab=recipe.tokenizer is not None, splits=("train", "test"))
-    context = init_distributed(parallel)
-    lock = RunDirectoryLock(run_dir)
-    try:
-        trainer = Trainer(run_dir, resume, settings, recipe, parallel, context)
-        trainer.prepare(command_line_bindings, lock)
-        return trainer.run()
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"{_newest_checkpoint(run_dir / 'checkpoints')}; continue with --output {run_dir} "
-            "--resume"
-        ) from None
-    except OSError as error:
-        if error.errno not in DISK_FULL:
-            raise
-        raise DiskFullError(
-            f"cannot write {error.filename or run_dir}: {error.strerror}. "
-            + _newest_checkpoint(run_dir / "checkpoints")
-            + "; free some space and continue with --resume"
-        ) from None
-    finally:
-        lock.release()
-        shutdown_distributed()
-
-
-def _newest_checkpoint(checkpoints: Path) -> str:
-    """Which checkpoint a resumed run would continue from, in words."""
-    readable = [saved for saved in saved_checkpoints(checkpoints) if saved.step is not None]
-    if not readable:
-        return "No checkpoint was saved yet (--resume starts the run again from step 0)"
-    return f"The last checkpoint, {readable[0].path} (step {readable[0].step}), is intact"
 
 
 class Trainer:
@@ -189,7 +118,10 @@ class Trainer:
         self.model = build.construct(
             "Distributed", wrap_model, self.model, self.context, self.parallel
         )
-        self._build_learner()
+        self.learner, self.schedule = build.build_learner(
+            self.recipe, self.settings, self.model, self.meta_loss, self.parallel.strategy
+        )
+        self.state = TrainingState(self.model, self.learner, self.schedule)
         self.checkpointer = Checkpointer(checkpoints, self.sharded, self.context.is_main)
         self.task = self.components.task
 
@@ -227,39 +159,6 @@ class Trainer:
         if self.context.is_main:
             print(f"resuming from {resumed.used} at step {resumed.progress.step}")
         return resumed
-
-    def _build_learner(self) -> None:
-        recipe, settings = self.recipe, self.settings
-        optimizer = build.construct("Recipe.optimizer", recipe.optimizer, self.model.parameters())
-        meta_optimizer = (
-            None
-            if recipe.meta_optimizer is None
-            else build.construct(
-                "Recipe.meta_optimizer", recipe.meta_optimizer, self.meta_loss.parameters()
-            )
-        )
-        schedule = build.construct(
-            "Recipe.schedule", recipe.schedule, optimizer, total_steps=settings.steps
-        )
-        loss_source = recipe.loss_source
-        learner = build.construct(
-            "Recipe.learner",
-            recipe.learner,
-            model=self.model,
-            meta_loss=self.meta_loss,
-            loss_source=reduced_loss_source(loss_source) if self.sharded else loss_source,
-            optimizer=optimizer,
-            meta_optimizer=meta_optimizer,
-            **({"reduce": mean_over_ranks} if self.sharded else {}),
-        )
-        try:
-            check_meta_learning_supported(
-                self.parallel.strategy, learner.products.name, learner.solver
-            )
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-        self.learner, self.schedule = learner, schedule
-        self.state = TrainingState(self.model, learner, schedule)
 
     def _training_batches(self) -> Iterator[dict]:
         loader = build.construct(

@@ -91,6 +91,13 @@ def saved_checkpoints(directory: str | os.PathLike) -> list[SavedCheckpoint]:
     return sorted(found, key=lambda saved: (saved.step is not None, -(saved.step or 0)))
 
 
+def newest_readable(directory: str | os.PathLike) -> SavedCheckpoint | None:
+    """The checkpoint of the highest step under ``directory`` whose step can be read (the one
+    ``--resume`` would continue from, unless it turns out damaged), or None."""
+    readable = [saved for saved in saved_checkpoints(directory) if saved.step is not None]
+    return readable[0] if readable else None
+
+
 def _file_step(path: Path) -> int | None:
     """The ``step`` of a single-file checkpoint, read without loading its tensors (memory-mapped);
     None when the file cannot be read that way."""

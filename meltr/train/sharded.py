@@ -12,10 +12,10 @@ ranks share)::
     <checkpoints>/latest  the name of the newest complete checkpoint
 
 A save writes into ``.step-00000120.tmp`` and renames it when every rank has finished, so a crash
-mid-save leaves the previous checkpoint as ``latest``; the next save removes what a killed save left.
-A write that fails on one rank (a full disk) fails the save on every rank, with an OSError of the
-same errno, instead of leaving the others waiting at the next collective. Loading works at any
-world size: DCP reshards model and optimizer; rank-local batches can be re-split with
+mid-save leaves the previous checkpoint as ``latest``; the next save removes what a killed save
+left. A write that fails on one rank (a full disk) fails the save on every rank, with an OSError
+of the same errno, instead of leaving the others waiting at the next collective. Loading works at
+any world size: DCP reshards model and optimizer; rank-local batches can be re-split with
 ``reslice_batches``.
 
 ``meltr.train.checkpointing`` puts a training run into this layout.
