@@ -121,15 +121,29 @@ class Checkpointer:
         self.directory, self.sharded, self.is_main = Path(directory), sharded, is_main
 
     def save(self, name: str, state: TrainingState, progress: Progress) -> None:
+        """Save ``state`` as checkpoint ``name``; CheckpointWriteError (on every rank) when it
+        cannot be written, the previous checkpoint intact."""
         if name not in CHECKPOINT_NAMES:
             raise ValueError(f"checkpoint name must be one of {CHECKPOINT_NAMES}, got {name!r}")
-        if self.sharded:
-            _save_sharded(self.directory / name, state, progress, keep=2 if name == "last" else 1)
-        elif self.is_main:
-            previous = self.directory / "last.prev.pt" if name == "last" else None
-            save_atomic(
-                _single_file_payload(state, progress), self.directory / f"{name}.pt", previous
-            )
+        try:
+            if self.sharded:
+                keep = 2 if name == "last" else 1
+                _save_sharded(self.directory / name, state, progress, keep=keep)
+            elif self.is_main:
+                previous = self.directory / "last.prev.pt" if name == "last" else None
+                save_atomic(
+                    _single_file_payload(state, progress), self.directory / f"{name}.pt", previous
+                )
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"cannot write the {name} checkpoint of step {progress.step} into "
+                f"{self.directory}: {error.strerror or error}"
+            ) from error
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, a quota, an I/O error); the message
+    names it and the reason. The previous checkpoint is intact."""
 
 
 def _single_file_payload(state: TrainingState, progress: Progress) -> dict[str, Any]:

@@ -5,6 +5,7 @@ exit code)."""
 from __future__ import annotations
 
 import errno
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,23 +13,25 @@ from typing import Any
 import gin
 
 from meltr.train import build
+from meltr.train.checkpointing import CheckpointWriteError
 from meltr.train.distributed import init_distributed, shutdown_distributed
 from meltr.train.loop import Trainer
 from meltr.train.recipe import check_paths
 from meltr.train.run_directory import RunDirectoryLock, check_output
 from meltr.train.saved_checkpoints import newest_readable
 
-# A full disk: the run stops with exit 2 and says what it kept.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Writes into the run directory that fail for lack of room (a full disk, a quota) or on a
+# filesystem that turned read-only or failing: the run stops with exit 2 and says what it kept.
+CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 class Interrupted(RuntimeError):
     """The user interrupted the run (Ctrl-C); the message says where it can continue from."""
 
 
-class DiskFullError(RuntimeError):
-    """Writing into the run directory failed for lack of space; what was saved before is intact
-    (the message names the last checkpoint)."""
+class CannotWriteError(RuntimeError):
+    """Writing into the run directory failed (a full disk, ...); what was saved before is intact
+    (the message names the last checkpoint and the free space)."""
 
 
 def run_training(
@@ -43,8 +46,8 @@ def run_training(
     are global-batch values, checkpoints are sharded and only rank 0 logs. SIGTERM or SIGUSR1
     makes every rank checkpoint at the next step boundary and return; ``resume`` continues from
     the newest valid checkpoint (at the same or another world size, sharded checkpoints also in
-    one plain process). Raises TrainingStopped (diverged), Interrupted (Ctrl-C), DiskFullError,
-    ConfigError.
+    one plain process). Raises TrainingStopped (diverged), Interrupted (Ctrl-C), CannotWriteError
+    (a full disk), ConfigError.
     """
     run_dir = Path(run_dir)
     check_output(run_dir, resume)
@@ -61,12 +64,12 @@ def run_training(
         raise Interrupted(
             f"{_kept(run_dir / 'checkpoints')}; continue with --output {run_dir} --resume"
         ) from None
-    except OSError as error:
-        if error.errno not in DISK_FULL:
+    except (CheckpointWriteError, OSError) as error:
+        if isinstance(error, OSError) and error.errno not in CANNOT_WRITE:
             raise
-        raise DiskFullError(
-            f"cannot write {error.filename or run_dir}: {error.strerror}. "
-            f"{_kept(run_dir / 'checkpoints')}; free some space and continue with --resume"
+        raise CannotWriteError(
+            f"{error} ({_free_space(run_dir)} free there). {_kept(run_dir / 'checkpoints')}; "
+            "make room (or fix the filesystem) and continue with --resume"
         ) from None
     finally:
         lock.release()
@@ -79,3 +82,9 @@ def _kept(checkpoints: Path) -> str:
     if newest is None:
         return "No checkpoint was saved yet (--resume starts the run again from step 0)"
     return f"The last checkpoint, {newest.path} (step {newest.step}), is intact"
+
+
+def _free_space(directory: Path) -> str:
+    """The free space of the filesystem holding ``directory``, in words."""
+    free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
+    return f"{free / 2**20:.1f} MiB"

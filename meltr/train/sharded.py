@@ -45,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from meltr.atomic_files import write_text_atomically
+from meltr.train.single_file import save_to_file
 
 LATEST = "latest"
 INFO = "info.json"
@@ -106,17 +107,16 @@ def save_sharded(
     try:
         dcp.save(get_model_state_dict(model), checkpoint_id=staging / "model")
         dcp.save(get_optimizer_state_dict(model, optimizer), checkpoint_id=staging / "optimizer")
-        torch.save(dict(rank_state), staging / _rank_file(rank))
+        _save_file(dict(rank_state), staging / _rank_file(rank))
         if rank == 0:
-            torch.save(dict(replicated_state), staging / REPLICATED)
+            _save_file(dict(replicated_state), staging / REPLICATED)
     except OSError as error:  # this rank's files (a full disk, ...)
         failure = error
     except CheckpointException as error:  # DCP's, raised on every rank alike
-        failure = next(
-            (cause for cause, _ in error.failures.values() if isinstance(cause, OSError)), None
-        )
-        if failure is None:
-            raise
+        causes = [cause for cause, _ in error.failures.values()]
+        failure = next((c for c in causes if isinstance(c, OSError)), None)
+        if failure is None:  # torch's writer hides the errno: "unexpected pos ..."
+            failure = OSError(0, f"DCP could not write the shards: {causes[0]!r}", str(staging))
     _raise_on_every_rank(failure, staging)
 
     if rank == 0:
@@ -250,6 +250,11 @@ def _slice(batch: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
     }
 
 
+def _save_file(obj: Any, path: Path) -> None:
+    with open(path, "wb") as file:
+        save_to_file(obj, file)
+
+
 def _rank_file(rank: int) -> str:
     return f"rank-{rank:05d}.pt"
 
@@ -273,12 +278,13 @@ def _raise_on_every_rank(failure: OSError | None, staging: Path) -> None:
         torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     )
     code = torch.tensor([0 if failure is None else (failure.errno or -1)], device=device)
+    # MAX over ranks: any failure (errno > 0, or -1 without one) is non-zero on every rank
     dist.all_reduce(code, op=dist.ReduceOp.MAX)
     if failure is not None:
         raise failure
     if int(code.item()):
         number = int(code.item())
-        message = os.strerror(number) if number > 0 else "write failed"
+        message = os.strerror(number) if number > 0 else "a write failed"
         raise OSError(number, f"{message} (on another rank)", str(staging))
 
 

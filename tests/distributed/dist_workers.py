@@ -16,6 +16,7 @@ import meltr
 from meltr.backbones.allinone.losses import AllInOneRetrievalLoss
 from meltr.backbones.allinone.model import AllInOne
 from meltr.backbones.losses import gather_across_ranks
+from meltr.train import sharded
 from meltr.train.distributed import (
     Distributed,
     assert_replicated,
@@ -116,27 +117,27 @@ def checkpoint_worker(config: Distributed, out_dir: Path, save_after: int, total
 
 
 def full_disk_worker(config: Distributed, out_dir: Path, full_rank: int) -> None:
-    """Save a checkpoint while rank ``full_rank`` finds its disk full (its own file's write
+    """Save a checkpoint while rank ``full_rank`` finds its disk full (the write of its own file
     raises ENOSPC); record what each rank raised, then save again with room."""
     context = init_distributed(config)
     model = wrap_model(make_model(), context, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     train_steps(model, optimizer, range(1), context.rank, context.world_size)
-    original_save = torch.save
+    write_file = sharded._save_file
 
-    def save_on_a_full_disk(obj, file, *args, **kwargs):
-        if isinstance(file, str | os.PathLike) and Path(file).name.startswith("rank-"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(file))
-        return original_save(obj, file, *args, **kwargs)
+    def write_on_a_full_disk(obj, path):
+        if path.name.startswith("rank-"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_file(obj, path)
 
     raised = None
     if context.rank == full_rank:
-        torch.save = save_on_a_full_disk
+        sharded._save_file = write_on_a_full_disk
     try:
         save_sharded(out_dir / "checkpoints", 1, model, optimizer, {"step": 1}, {})
     except OSError as error:
         raised = {"errno": error.errno, "message": str(error)}
-    torch.save = original_save
+    sharded._save_file = write_file
     save_sharded(out_dir / "checkpoints", 2, model, optimizer, {"step": 2}, {})  # with room
     torch.save({"raised": raised}, out_dir / f"rank{context.rank}.pt")
     shutdown_distributed()
