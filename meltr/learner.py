@@ -181,6 +181,11 @@ class MetaLearner:
             ``meta/fidelity_norm_ratio`` (configured norm / reference norm): how good the
             configured solver's approximation is on this model. It changes nothing the training
             computes (the reference is taken with no side effects and not applied).
+        normalize_weights: the inner update descends ``M / mean_t |dM/dl_t|`` (the divisor
+            held constant) instead of M: the per-task weights ``dM/dl`` rescaled to mean
+            absolute value 1, so the update is invariant to the overall scale of M and the meta
+            network sets only the tasks' relative weights and signs. The fixed point of the
+            inner problem, and so the implicit hypergradient's direction, is unchanged.
 
     Non-finite values never reach the weights: an inner update is skipped when a task loss,
     ``M``, ``dM/dl`` or a gradient is non-finite, a meta update when the hypergradient is
@@ -217,6 +222,7 @@ class MetaLearner:
         fidelity_every: int = 0,
         fidelity_solver: Solver | None = None,
         fidelity_products: str | None = None,
+        normalize_weights: bool = False,
     ) -> None:
         if not _is_int(meta_every) or meta_every < 1:
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
@@ -271,6 +277,7 @@ class MetaLearner:
         if not self.params:
             raise ValueError("model has no trainable parameters (requires_grad=True)")
         self.check_parameters = check_parameters
+        self.normalize_weights = bool(normalize_weights)
         self.keys: list[str] | None = None
         self.step_count = 0
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -547,13 +554,14 @@ class MetaLearner:
                 else f"dM/dl = {dmeta_dl.tolist()}"
             )
             return metrics | self._skip("nonfinite_meta_loss", detail)
+        weights = self._inner_weights(dmeta_dl)
         # backward() rather than autograd.grad: data-parallel wrappers reduce .grad in its hooks.
         for _, p in self.params:
             p.grad = None
         if reused is None:
-            values.backward(dmeta_dl.to(values.dtype))
+            values.backward(weights.to(values.dtype))
         else:  # the same backward, already taken task by task in the meta step
-            for (_, p), grad in zip(self.params, combine(dmeta_dl.tolist(), reused), strict=True):
+            for (_, p), grad in zip(self.params, combine(weights.tolist(), reused), strict=True):
                 p.grad = grad
         bad_grad = _first_nonfinite((n, p.grad) for n, p in self.params)
         if bad_grad is not None:
@@ -582,6 +590,15 @@ class MetaLearner:
             if self.replay > 0:
                 self._remember(batch)
         return metrics | self._skip_metrics()
+
+    def _inner_weights(self, dmeta_dl: torch.Tensor) -> torch.Tensor:
+        """The per-task weights of the inner update's gradient ``sum_t weight_t grad l_t``:
+        ``dM/dl``, or with ``normalize_weights`` ``dM/dl / mean_t |dM/dl_t|`` (left as is when
+        every ``dM/dl_t`` is 0)."""
+        if not self.normalize_weights:
+            return dmeta_dl
+        scale = dmeta_dl.abs().mean()
+        return dmeta_dl / scale if bool(scale > 0) else dmeta_dl
 
     def _is_meta_call(self) -> bool:
         if self.schedule == "release":

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 EMBEDDINGS = ("scale+task", "scale", "task")
+INITS = ("sum", "paper")
 
 
 def _check_losses(losses: torch.Tensor, num_tasks: int) -> None:
@@ -61,10 +62,27 @@ class MetaLossTransformer(nn.Module):
     ``Embedding(num_tasks, dim)``; ``embedding`` selects either or both). The tokens go through one
     post-norm encoder layer (self-attention with ``heads`` heads, then a ReLU FFN of width
     ``ff_dim``; residual + LayerNorm after each), are mean-pooled and mapped to a scalar by a
-    bias-free ``Linear(dim, 1)``. With ``embedding="task"`` the output does not depend on the
-    losses at all (``dM/dl == 0``), the paper's ablation that cannot learn.
+    bias-free ``Linear(dim, 1)``: the transformer's output ``T(l; phi)``. With
+    ``embedding="task"``, ``T`` does not depend on the losses at all (``dT/dl == 0``), the
+    paper's ablation that cannot learn.
 
-    Linear and embedding weights are initialised from N(0, 0.02), biases at zero.
+    ``init`` chooses where the meta loss starts:
+
+    - ``"sum"`` (the default): ``M(l) = sum_t l_t + T(l; phi)`` with ``T``'s output head at zero,
+      so M starts as the plain sum of the losses (``dM/dl_t = 1`` for every task, exactly) and
+      phi learns departures from it. The bi-level update still sees the paper's architecture:
+      ``dM/dl = 1 + dT/dl`` and every hypergradient term comes from ``T``; the regulariser
+      ``gamma * |M - sum_t l_t|`` becomes ``gamma * |T|``.
+    - ``"paper"``: ``M(l) = T(l; phi)``, the paper's and the MELTR release's meta network. It
+      starts nearly flat (``dM/dl`` of order 1e-2 and of either sign).
+
+    Linear and embedding weights are initialised from N(0, 0.02), biases at zero (and the head
+    at zero under ``init="sum"``).
+
+    The choice is state, not only configuration: the buffer ``sum_weight`` (1.0 under ``"sum"``,
+    0.0 under ``"paper"``) multiplies the sum, so a loaded ``state_dict`` computes what it computed
+    when it was saved, whatever ``init`` built the module. A state saved before the buffer existed
+    (every such network had the paper's parameterisation) loads as ``"paper"``.
     """
 
     def __init__(
@@ -76,14 +94,18 @@ class MetaLossTransformer(nn.Module):
         scale_hidden: int = 128,
         embedding: str = "scale+task",
         dropout: float = 0.0,
+        init: str = "sum",
     ) -> None:
         super().__init__()
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.num_tasks = num_tasks
         self.embedding = embedding
+        self.register_buffer("sum_weight", torch.tensor(1.0 if init == "sum" else 0.0))
         self.scale_embedding = (
             nn.Sequential(nn.Linear(1, scale_hidden), nn.ReLU(), nn.Linear(scale_hidden, dim))
             if "scale" in embedding
@@ -103,6 +125,8 @@ class MetaLossTransformer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+        if init == "sum":
+            nn.init.zeros_(self.head.weight)
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         """losses ``[T]`` or ``[B, T]`` -> meta loss ``[]`` or ``[B]``."""
@@ -116,8 +140,17 @@ class MetaLossTransformer(nn.Module):
             tokens = tokens + task_tokens.expand(batched.shape[0], -1, -1)
         x = self.norm1(tokens + self.dropout(self.attention(tokens)))
         x = self.norm2(x + self.dropout(self.feed_forward(x)))
-        out = self.head(x.mean(dim=1)).squeeze(-1)
+        out = self.head(x.mean(dim=1)).squeeze(-1) + self.sum_weight * batched.sum(dim=-1)
         return out if losses.dim() == 2 else out.squeeze(0)
+
+    @property
+    def init(self) -> str:
+        """The parameterisation this network computes: ``"sum"`` or ``"paper"``."""
+        return "sum" if bool(self.sum_weight) else "paper"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "sum_weight", torch.tensor(0.0))  # saved before the buffer
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class LinearMetaLoss(nn.Module):

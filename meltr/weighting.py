@@ -108,13 +108,25 @@ class FixedWeights(LinearMetaLoss):
 
     ``weights``: ``"primary"`` (``[1, 0, ..., 0]``, fine-tuning on the primary task alone),
     ``"sum"`` (all ones, plain multi-task learning), one number for every task, or a sequence
-    of ``num_tasks`` numbers.
+    of ``num_tasks`` numbers. ``aux_weight``, if given, instead weighs the primary task 1 and
+    every auxiliary task ``aux_weight`` (one knob for any number of tasks, to tune on val).
     """
 
     PRESETS = ("primary", "sum")
 
-    def __init__(self, num_tasks: int, weights: str | float | Sequence[float] = "sum") -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        weights: str | float | Sequence[float] = "sum",
+        aux_weight: float | None = None,
+    ) -> None:
         _check_num_tasks(num_tasks)
+        if aux_weight is not None:
+            if weights != "sum":
+                raise ValueError(f"give weights or aux_weight, not both (weights={weights!r})")
+            if not _is_number(aux_weight) or not math.isfinite(aux_weight):
+                raise ValueError(f"aux_weight must be a finite number, got {aux_weight!r}")
+            weights = [1.0] + [float(aux_weight)] * (num_tasks - 1)
         if isinstance(weights, str):
             if weights not in self.PRESETS:
                 raise ValueError(

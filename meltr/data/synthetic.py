@@ -25,6 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from meltr.data.cache import cache_root, generation_lock
 from meltr.data.decoders import VideoCaptions
 from meltr.data.writer import RECORD, Sample, shard_path, write_shards
 
@@ -483,11 +484,6 @@ def _paths(directory: Path, num_shards: dict[str, int]) -> dict:
     }
 
 
-def cache_root() -> Path:
-    """Where the built-in datasets are generated: ``$MELTR_CACHE`` (default ``~/.cache/meltr``)."""
-    return Path(os.environ.get("MELTR_CACHE", Path.home() / ".cache" / "meltr"))
-
-
 def cached_synthetic_dataset(
     num_train: int = 512,
     num_test: int = 128,
@@ -507,6 +503,6 @@ def cached_synthetic_dataset(
     suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
     suffix += "".join(f"-{value}" for value in named.values() if value != "all")
     arguments |= named
-    return ensure_synthetic_dataset(
-        cache_root() / f"synthetic-{suffix}", workers=workers, **arguments
-    )
+    directory = cache_root() / f"synthetic-{suffix}"
+    with generation_lock(directory):
+        return ensure_synthetic_dataset(directory, workers=workers, **arguments)

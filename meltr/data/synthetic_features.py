@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from meltr.data.cache import cache_root, generation_lock
 from meltr.data.decoders import FeatureText
-from meltr.data.synthetic import SPECIAL_TOKENS, SPLIT_CODES, cache_root, caption_words
+from meltr.data.synthetic import SPECIAL_TOKENS, SPLIT_CODES, caption_words
 from meltr.data.writer import Sample, write_shards
 
 # action -> its verbs as (base, third person, gerund, participle)
@@ -344,4 +345,6 @@ def cached_synthetic_features(
     arguments |= dict(feature_dim=feature_dim, min_frames=min_frames, max_frames=max_frames)
     arguments |= dict(noise=noise, seed=seed)
     suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
-    return generate_synthetic_features(cache_root() / f"synthetic-features-{suffix}", **arguments)
+    directory = cache_root() / f"synthetic-features-{suffix}"
+    with generation_lock(directory):
+        return generate_synthetic_features(directory, **arguments)

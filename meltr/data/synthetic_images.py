@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from meltr.data.cache import cache_root, generation_lock
 from meltr.data.decoders import ImageLabel
-from meltr.data.synthetic import cache_root
 from meltr.data.writer import Sample, write_shards
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
@@ -175,6 +175,6 @@ def cached_synthetic_images(
     synthetic-images-<arguments>`` if absent. Returns ``generate_synthetic_images``'s paths."""
     arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test, size=size, seed=seed)
     suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
-    return generate_synthetic_images(
-        cache_root() / f"synthetic-images-{suffix}", workers=workers, **arguments
-    )
+    directory = cache_root() / f"synthetic-images-{suffix}"
+    with generation_lock(directory):
+        return generate_synthetic_images(directory, workers=workers, **arguments)

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from meltr.data.cache import cache_root, generation_lock
 from meltr.data.decoders import VideoQA
 from meltr.data.synthetic import (
     COLOURS,
     DIRECTIONS,
     SPECIAL_TOKENS,
-    cache_root,
     caption_words,
     clip_rng,
     encode_mp4,
@@ -201,6 +201,6 @@ def cached_synthetic_qa(
     arguments = dict(question=question, num_train=num_train, num_val=num_val)
     arguments |= dict(num_test=num_test, num_frames=num_frames, size=size, seed=seed)
     suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
-    return generate_synthetic_qa(
-        cache_root() / f"synthetic-qa-{suffix}", workers=workers, **arguments
-    )
+    directory = cache_root() / f"synthetic-qa-{suffix}"
+    with generation_lock(directory):
+        return generate_synthetic_qa(directory, workers=workers, **arguments)

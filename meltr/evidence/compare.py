@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,11 +37,13 @@ _METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class Method:
-    """A named way of training: extra gin files and bindings applied after the recipe's."""
+    """A named way of training: extra gin files and bindings applied after the recipe's, on the
+    first ``seeds`` seeds of the plan (None: all of them)."""
 
     name: str
     gin_files: tuple[str, ...] = ()
     bindings: tuple[str, ...] = ()
+    seeds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,16 @@ class Plan:
 
 
 def parse_method(text: str) -> Method:
-    """``NAME=SPEC[;SPEC...]`` -> Method; a SPEC ending in ``.gin`` is a file, any other is a
-    ``Configurable.param=value`` binding. ConfigError naming the argument when malformed."""
-    name, has_spec, specs = text.partition("=")
-    if not has_spec or not _METHOD_NAME.match(name):
+    """``NAME[:SEEDS]=SPEC[;SPEC...]`` -> Method; a SPEC ending in ``.gin`` is a file, any other
+    is a ``Configurable.param=value`` binding; ``:SEEDS`` runs the method on the first SEEDS
+    seeds only. ConfigError naming the argument when malformed."""
+    label, has_spec, specs = text.partition("=")
+    name, _, seeds = label.partition(":")
+    if not has_spec or not _METHOD_NAME.match(name) or (seeds and not seeds.isdigit()):
         raise ConfigError(
-            f"--method {text!r}: expected NAME=SPEC[;SPEC...] with NAME made of letters, digits, "
-            "'_', '-' or '.' (e.g. multi-task=gin/baselines/mtl.gin)"
+            f"--method {text!r}: expected NAME[:SEEDS]=SPEC[;SPEC...] with NAME made of letters, "
+            "digits, '_', '-' or '.' and SEEDS a number (e.g. multi-task=gin/baselines/mtl.gin, "
+            "famo:3=gin/baselines/famo.gin)"
         )
     gin_files, bindings = [], []
     for spec in filter(None, (part.strip() for part in specs.split(";"))):
@@ -87,7 +93,7 @@ def parse_method(text: str) -> Method:
             raise ConfigError(f"--method {name}: {spec!r} is neither a .gin file nor X.y=value")
         selector = selector.strip()
         bindings.append(f"{selector} = {value_to_gin(selector, value)}")
-    return Method(name, tuple(gin_files), tuple(bindings))
+    return Method(name, tuple(gin_files), tuple(bindings), int(seeds) if seeds else None)
 
 
 def make_plan(
@@ -107,6 +113,12 @@ def make_plan(
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     parsed = tuple(parse_method(text) for text in methods)
+    for method in parsed:
+        if method.seeds is not None and not 1 <= method.seeds <= seeds:
+            raise ConfigError(
+                f"--method {method.name}:{method.seeds}: its seed count must be 1..{seeds} "
+                "(--seeds)"
+            )
     names = [method.name for method in parsed]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -121,8 +133,13 @@ def make_plan(
 
 
 def plan_record(plan: Plan) -> dict:
-    """The JSON form of ``plan`` written to ``comparison.json``."""
-    return json.loads(json.dumps(asdict(plan)))
+    """The JSON form of ``plan`` written to ``comparison.json`` (a method's ``seeds`` only when
+    set, so records written before per-method seed counts existed compare equal)."""
+    record = json.loads(json.dumps(asdict(plan)))
+    for method in record["methods"]:
+        if method["seeds"] is None:
+            del method["seeds"]
+    return record
 
 
 def open_output(output: Path, plan: Plan) -> None:
@@ -162,38 +179,64 @@ class RunOutcome:
     log: Path | None = None
 
 
-def run_all(plan: Plan, output: Path) -> list[RunOutcome]:
-    """Run every (method, seed) of ``plan`` not finished yet, one after the other (all methods
-    on seed 0, then on seed 1, ...), each writing its output to ``output/<method>/seed-<k>.log``.
-    Stops at the first run that fails with a configuration error (exit 2: every other run would
-    too) and raises ConfigError quoting its log; a run that diverges (exit 1) is recorded and the
-    others go on."""
-    outcomes = []
+def _run_one(plan: Plan, output: Path, method: Method, seed: int) -> RunOutcome:
+    """Run (or resume) one unfinished run, its output appended to ``<run dir>.log``."""
+    run_dir = plan.run_dir(output, method, seed)
+    resume = (run_dir / "config.gin").is_file()
+    log = run_dir.parent / f"{run_dir.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as file:
+        returncode = subprocess.call(
+            plan.command(output, method, seed, resume), stdout=file, stderr=subprocess.STDOUT
+        )
+    done = returncode == 0 and (run_dir / "results.json").is_file()
+    return RunOutcome(method.name, seed, run_dir, "done" if done else "failed", returncode, log)
+
+
+def run_all(plan: Plan, output: Path, jobs: int = 1) -> list[RunOutcome]:
+    """Run every (method, seed) of ``plan`` not finished yet, ``jobs`` at a time, started in
+    seed-major order (all methods on seed 0, then on seed 1, ...), each writing its output to
+    ``output/<method>/seed-<k>.log``. A run that fails with a configuration error (exit 2:
+    every other run would too) starts no further run and raises ConfigError quoting its log once
+    the runs in flight have ended; a run that diverges (exit 1) is recorded and the others go
+    on. The outcomes are in plan order."""
     # seed-major, so that a comparison stopped early has every method on its first seeds
-    pairs = [(method, seed) for seed in plan.seeds for method in plan.methods]
-    with tqdm(total=len(pairs), desc="compare", unit="run", dynamic_ncols=True) as bar:
-        for method, seed in pairs:
-            run_dir = plan.run_dir(output, method, seed)
-            bar.set_postfix_str(f"{method.name} seed {seed}")
-            if (run_dir / "results.json").is_file():
-                outcomes.append(RunOutcome(method.name, seed, run_dir, "kept"))
+    pairs = [
+        (method, seed)
+        for seed in plan.seeds
+        for method in plan.methods
+        if method.seeds is None or seed < method.seeds
+    ]
+    outcomes: dict[tuple[str, int], RunOutcome] = {}
+    pending = []
+    for method, seed in pairs:
+        run_dir = plan.run_dir(output, method, seed)
+        if (run_dir / "results.json").is_file():
+            outcomes[method.name, seed] = RunOutcome(method.name, seed, run_dir, "kept")
+        else:
+            pending.append((method, seed))
+    config_error = None
+    with (
+        tqdm(total=len(pairs), initial=len(outcomes), desc="compare", unit="run") as bar,
+        ThreadPoolExecutor(max_workers=jobs) as pool,
+    ):
+        running: set[Future] = set()
+        while (pending and config_error is None) or running:
+            while pending and config_error is None and len(running) < jobs:
+                method, seed = pending.pop(0)
+                running.add(pool.submit(_run_one, plan, output, method, seed))
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                outcome = future.result()
+                outcomes[outcome.method, outcome.seed] = outcome
                 bar.update(1)
-                continue
-            resume = (run_dir / "config.gin").is_file()
-            log = run_dir.parent / f"{run_dir.name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a") as file:
-                returncode = subprocess.call(
-                    plan.command(output, method, seed, resume),
-                    stdout=file,
-                    stderr=subprocess.STDOUT,
-                )
-            if returncode == CONFIG_ERROR:
-                tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-                raise ConfigError(f"run {method.name} seed {seed} (log {log}):\n{tail}")
-            status = (
-                "done" if returncode == 0 and (run_dir / "results.json").is_file() else "failed"
-            )
-            outcomes.append(RunOutcome(method.name, seed, run_dir, status, returncode, log))
-            bar.update(1)
-    return outcomes
+                bar.set_postfix_str(f"{outcome.method} seed {outcome.seed} {outcome.status}")
+                if outcome.returncode == CONFIG_ERROR and config_error is None:
+                    tail = "".join(outcome.log.read_text().splitlines(keepends=True)[-15:])
+                    config_error = f"run {outcome.method} seed {outcome.seed} (log {outcome.log}):"
+                    config_error += f"\n{tail}"
+    if config_error is not None:
+        raise ConfigError(config_error)
+    return [
+        outcomes[method.name, seed] for method, seed in pairs if (method.name, seed) in outcomes
+    ]

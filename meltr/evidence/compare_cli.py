@@ -2,7 +2,8 @@
 
     python tools/compare.py --gin gin/quickstart.gin --seeds 3 --output runs/compare \\
         --method single-task=gin/baselines/single_task.gin \\
-        --method multi-task=gin/baselines/mtl.gin --method meltr= --train.steps=200
+        --method multi-task=gin/baselines/mtl.gin --method meltr= --train.steps=200 \\
+        [--jobs 2] [--method famo:2=gin/baselines/famo.gin]
 
 Writes ``OUTPUT/<method>/seed-<k>/`` (the runs), ``OUTPUT/results.csv`` (one row per run),
 ``OUTPUT/results.md`` (the tables) and ``OUTPUT/results.png``. Repeating the command resumes it.
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a method: SPECs are gin files or X.y=value bindings; 'NAME=' is the recipe as is",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (train.seed)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time (each run's threads: --train.num_threads; default 1 run)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="comparison directory")
     parser.add_argument(
         "--metric",
@@ -67,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline = args.baseline or (BASELINE if BASELINE in names else None)
         if baseline is not None and baseline not in names:
             raise ConfigError(f"--baseline {baseline!r} is not a method ({', '.join(names)})")
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
         open_output(args.output, plan)
-        outcomes = run_all(plan, args.output)
+        outcomes = run_all(plan, args.output, args.jobs)
         finished = [o for o in outcomes if o.status != "failed"]
         failed = [
             f"{o.method} seed {o.seed}: exit {o.returncode}, log {o.log}"

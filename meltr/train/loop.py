@@ -55,7 +55,7 @@ from meltr.train.distributed import (
     wrap_model,
 )
 from meltr.train.divergence import TrainingStopped, keep_good_checkpoints, unhealthy_reason
-from meltr.train.health import HealthMonitor
+from meltr.train.health import HealthMonitor, HealthThresholds
 from meltr.train.meters import IntervalMeter, SkipWarnings
 from meltr.train.preemption import PreemptionHandler
 from meltr.train.recipe import RunSettings, has_split, is_better
@@ -342,11 +342,13 @@ class Trainer:
         primary = tasks[0] if tasks else list(getattr(loss_source, "tasks", ["?"]))[0]
         chance_levels = getattr(loss_source, "chance_levels", None)
         chance = chance_levels(self.settings.batch_size).get(primary) if chance_levels else None
+        # Clipping sets the meta step only under an optimizer whose step follows the gradient.
+        proportional = isinstance(self.learner.meta_optimizer, torch.optim.SGD)
         return HealthMonitor(
             primary,
             chance,
-            self.learner.meta_grad_clip if self.learner.meta_optimizer is not None else None,
-            patience=self.settings.health_patience,
+            self.learner.meta_grad_clip if proportional else None,
+            HealthThresholds(patience=self.settings.health_patience),
             state=self.progress.health,
         )
 

@@ -55,6 +55,33 @@ def test_fixed_linear_baselines_are_plain_sgd(init, weights):
     assert len(learner.buffer) == 0
 
 
+def test_normalized_weights_step_on_dmeta_dl_over_its_mean_magnitude():
+    """normalize_weights: w <- w - lr * sum_t (g_t / mean_s |g_s|) grad l_t, g = dM/dl at the
+    step's losses (signs kept), with phi frozen (no meta step) and any overall scale of M."""
+    torch.manual_seed(0)
+    model = MLP()
+    reference = copy.deepcopy(model)
+    meta = meltr.LinearMetaLoss(3, init=[7.0, -3.5, 0.7]).requires_grad_(False)
+    learner = _learner(model, meta, meta_optimizer=None, normalize_weights=True)
+    scale = (7.0 + 3.5 + 0.7) / 3
+    weights = [7.0 / scale, -3.5 / scale, 0.7 / scale]
+    for seed in range(3):
+        batch = mlp_batch(seed)
+        metrics = learner.step(batch)
+        assert [metrics[f"dM/dl/{k}"] for k in ("primary", "aux_a", "aux_b")] == pytest.approx(
+            [7.0, -3.5, 0.7]
+        )
+        losses = mlp_source(reference, batch)
+        total = sum(w * loss for w, loss in zip(weights, losses.values(), strict=True))
+        grads = torch.autograd.grad(total, list(reference.parameters()), allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(reference.parameters(), grads, strict=True):
+                if g is not None:
+                    p -= 0.1 * g
+    for actual, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected)
+
+
 def test_meta_step_then_inner_step_on_reused_forward():
     """One step with meta_every=1, replay=0: phi <- phi - lr_meta * hypergradient(batch, batch)
     at the old w; then w <- w - lr * grad_w M(l(w); new phi). The loss source runs 3 times
@@ -628,15 +655,18 @@ def _double_learner(products, **kwargs):
     )
 
 
+@pytest.mark.parametrize("normalize_weights", [False, True])
 @pytest.mark.parametrize("replay", [0, 2])
-def test_task_gradient_steps_match_exact_double_backward_steps(replay):
+def test_task_gradient_steps_match_exact_double_backward_steps(replay, normalize_weights):
     """Training with products="task_gradients" (the inner update reusing the meta step's
     per-task gradients whenever its aux batch is the current one) follows the same weights and
     phi as training with exact double-backward products and an ordinary inner backward."""
     batches = [mlp_batch(20 + i, torch.float64) for i in range(5)]
     runs = {}
     for products in ("task_gradients", "autograd"):
-        learner = _double_learner(products, meta_every=2, replay=replay)
+        learner = _double_learner(
+            products, meta_every=2, replay=replay, normalize_weights=normalize_weights
+        )
         for batch in batches:
             learner.step(batch)
         runs[products] = [p.detach() for p in learner.model.parameters()]

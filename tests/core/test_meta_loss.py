@@ -9,10 +9,10 @@ from torch import nn
 import meltr
 
 
-def _transformer(embedding="scale+task", dtype=torch.float64):
+def _transformer(embedding="scale+task", dtype=torch.float64, init="paper"):
     torch.manual_seed(0)
     return meltr.MetaLossTransformer(
-        3, dim=16, heads=4, ff_dim=24, scale_hidden=8, embedding=embedding
+        3, dim=16, heads=4, ff_dim=24, scale_hidden=8, embedding=embedding, init=init
     ).to(dtype)
 
 
@@ -82,13 +82,82 @@ def test_mixed_second_derivative_matches_finite_differences():
     torch.testing.assert_close(mixed[3, 0], (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-9)
 
 
-def test_initialisation():
-    meta = meltr.MetaLossTransformer(2)
+@pytest.mark.parametrize("init", ["sum", "paper"])
+def test_initialisation(init):
+    meta = meltr.MetaLossTransformer(2, init=init)
     weight = meta.attention.in_proj.weight.detach()
     assert 0.018 < float(weight.std()) < 0.022
     assert abs(float(weight.mean())) < 0.002
     assert torch.equal(meta.attention.in_proj.bias, torch.zeros_like(meta.attention.in_proj.bias))
     assert meta.head.bias is None
+    head = meta.head.weight.detach()
+    if init == "sum":
+        assert torch.equal(head, torch.zeros_like(head))
+    else:
+        assert 0.01 < float(head.std()) < 0.03
+
+
+@pytest.mark.parametrize("embedding", ["scale+task", "scale", "task"])
+def test_sum_init_starts_at_the_plain_sum_with_unit_loss_derivatives(embedding):
+    """The default start: M(l) = sum_t l_t and dM/dl_t = 1 exactly, for any losses."""
+    torch.manual_seed(0)
+    meta = meltr.MetaLossTransformer(3, dim=16, heads=4, embedding=embedding).double()
+    losses = torch.tensor([[0.7, 2.3, 0.01], [5.0, 0.2, 1.1]], dtype=torch.float64)
+    losses.requires_grad_()
+    value = meta(losses)
+    assert torch.equal(value, losses.detach().sum(dim=1))
+    (grad,) = torch.autograd.grad(value.sum(), losses)
+    assert torch.equal(grad, torch.ones_like(grad))
+
+
+def test_sum_init_is_the_sum_plus_the_paper_network_with_the_same_weights():
+    """M_sum(l) = sum_t l_t + M_paper(l) once both hold the same (non-zero) weights, and the
+    mixed derivative d/dphi dM/dl, which the hypergradient descends, is the paper network's."""
+    paper = _transformer(init="paper")
+    residual = _transformer(init="sum")
+    with torch.no_grad():
+        for p in paper.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    weights = {k: v for k, v in paper.state_dict().items() if k != "sum_weight"}
+    residual.load_state_dict(weights | {"sum_weight": residual.sum_weight})
+    losses = torch.tensor([0.7, 1.3, 0.2], dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(residual(losses), losses.sum() + paper(losses))
+
+    def mixed(meta):
+        (dmeta_dl,) = torch.autograd.grad(meta(losses), losses, create_graph=True)
+        return torch.autograd.grad(
+            dmeta_dl @ torch.tensor([1.0, -2.0, 0.5]).double(), meta.head.weight
+        )[0]
+
+    torch.testing.assert_close(mixed(residual), mixed(paper))
+
+
+def test_the_parameterisation_travels_with_the_state():
+    """A state computes what it computed when saved, whichever init built the module; a state
+    saved before ``sum_weight`` existed (the paper's network) loads as init="paper"."""
+    paper, residual = _transformer(init="paper"), _transformer(init="sum")
+    losses = torch.tensor([0.7, 1.3, 0.2], dtype=torch.float64)
+    expected = paper(losses)
+    old_state = {k: v for k, v in paper.state_dict().items() if k != "sum_weight"}
+    residual.load_state_dict(old_state)
+    assert residual.init == "paper"
+    torch.testing.assert_close(residual(losses), expected)
+    fresh = _transformer(init="sum")
+    paper.load_state_dict(fresh.state_dict())
+    assert paper.init == "sum"
+    torch.testing.assert_close(paper(losses), losses.sum())
+
+
+def test_sum_init_head_receives_a_hypergradient_at_the_start():
+    """With the head at zero, d/dphi dM/dl is non-zero in the head (so phi leaves the sum on the
+    first meta step) and zero everywhere upstream of it."""
+    meta = _transformer(init="sum")
+    losses = torch.tensor([0.7, 1.3, 0.2], dtype=torch.float64, requires_grad=True)
+    (dmeta_dl,) = torch.autograd.grad(meta(losses), losses, create_graph=True)
+    objective = dmeta_dl @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    head, scale = torch.autograd.grad(objective, [meta.head.weight, meta.scale_embedding[0].weight])
+    assert head.abs().max() > 0
+    assert torch.equal(scale, torch.zeros_like(scale))
 
 
 def test_bad_shapes_and_arguments():
@@ -99,6 +168,8 @@ def test_bad_shapes_and_arguments():
         meltr.MetaLossTransformer(3, embedding="both")
     with pytest.raises(ValueError, match="divisible"):
         meltr.MetaLossTransformer(3, dim=10, heads=4)
+    with pytest.raises(ValueError, match="init must be one of"):
+        meltr.MetaLossTransformer(3, init="zeros")
 
 
 def test_linear_meta_loss():

@@ -51,6 +51,17 @@ def test_fixed_weight_presets_are_the_gradient(num_tasks, weights, expected):
     assert not meta.weight.requires_grad and meta.num_tasks == num_tasks
 
 
+@pytest.mark.parametrize("num_tasks", [1, 3])
+def test_fixed_aux_weight_weighs_the_primary_one_and_each_auxiliary_the_same(num_tasks):
+    meta = FixedWeights(num_tasks, aux_weight=0.3)
+    grad, _ = _grad(meta, torch.arange(1.0, num_tasks + 1.0))
+    assert grad.tolist() == pytest.approx([1.0] + [0.3] * (num_tasks - 1))
+    with pytest.raises(ValueError, match="not both"):
+        FixedWeights(num_tasks, "primary", aux_weight=0.3)
+    with pytest.raises(ValueError, match="aux_weight must be a finite number"):
+        FixedWeights(num_tasks, aux_weight=float("nan"))
+
+
 def test_fixed_weights_given_vector_and_bad_input():
     meta = FixedWeights(3, [0.5, 2.0, -1.0])
     grad, _ = _grad(meta, torch.tensor([3.0, 1.0, 7.0]))

@@ -125,6 +125,31 @@ def test_more_seeds_extend_a_finished_comparison(comparison):
     assert json.loads((output / "comparison.json").read_text())["seeds"] == [0, 1, 2]
 
 
+def test_parallel_runs_and_per_method_seed_counts(comparison, tmp_path):
+    """``--jobs 2`` runs two at a time with the same results as one at a time, and a method
+    named ``NAME:K`` runs on the first K seeds only."""
+    output, argv = comparison
+    parallel = tmp_path / "parallel"
+    methods = [
+        "--method",
+        "multi-task=gin/baselines/mtl.gin",
+        "--method",
+        "meltr:1=MetaLearner.gamma=0.2",
+    ]
+    args = [*argv[: argv.index(METHODS[0])], *methods, "--seeds", "2", "--jobs", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        assert main([*args, "--output", str(parallel)]) == 0
+    rows = list(csv.DictReader((parallel / "results.csv").open()))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("meltr", "0"), ("multi-task", "0"), ("multi-task", "1")
+    ]  # fmt: skip
+    for method, seed in (("meltr", 0), ("multi-task", 1)):
+        run = f"{method}/seed-{seed}/results.json"
+        expected = json.loads((output / run).read_text())
+        assert json.loads((parallel / run).read_text())["best"] == expected["best"]
+
+
 def test_another_plan_in_the_same_directory_is_refused(comparison, capsys):
     output, argv = comparison
     changed = [*argv, "--train.steps=8"]
@@ -135,10 +160,12 @@ def test_another_plan_in_the_same_directory_is_refused(comparison, capsys):
 @pytest.mark.parametrize(
     "method, message",
     [
-        ("bad name=gin/baselines/mtl.gin", "NAME=SPEC"),
+        ("bad name=gin/baselines/mtl.gin", "NAME[:SEEDS]=SPEC"),
         ("x=gin/baselines/missing.gin", "missing.gin"),
         ("x=MetaLearner.nonexistent=1", "nonexistent"),
         ("x=justaword", "neither a .gin file"),
+        ("x:two=gin/baselines/mtl.gin", "SEEDS a number"),
+        ("x:4=gin/baselines/mtl.gin", "seed count must be 1..3"),
     ],
 )
 def test_a_bad_method_fails_before_anything_is_created(

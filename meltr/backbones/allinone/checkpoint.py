@@ -137,10 +137,12 @@ def _match_meta_loss(
 ) -> dict[str, Tensor]:
     """``meta`` under ``meta_loss``'s key names, or ValueError listing every disagreement."""
     own = meta_loss.state_dict()
+    problems = []
     if set(meta) != set(own) and set(meta) == set(RELEASE_META_LOSS_KEYS):
         meta = {RELEASE_META_LOSS_KEYS[k]: v for k, v in meta.items()}
         report.adapted[META_LOSS_PREFIX + "*"] = "renamed from the release's MELTR module"
-    problems = []
+        if "sum_weight" in own:  # the release's network is the paper's parameterisation
+            meta["sum_weight"] = own["sum_weight"].new_zeros(())
     if not meta:
         problems.append(f"the checkpoint has no {META_LOSS_PREFIX}* entries")
     missing = sorted(set(own) - set(meta))

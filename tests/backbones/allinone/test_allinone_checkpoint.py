@@ -121,12 +121,13 @@ def test_aux_model_goes_into_the_meta_loss_only_when_given(tmp_path):
     assert len(report.ignored) == len(release.state_dict())
     assert report.unexpected == []
 
-    meta_loss = meltr.MetaLossTransformer(2, dropout=0.0).eval()
+    meta_loss = meltr.MetaLossTransformer(2, dropout=0.0).eval()  # the default init="sum"
     report = load_allinone_checkpoint(AllInOne(**TINY), path, meta_loss=meta_loss)
     losses = torch.tensor([0.7, 2.3])
     with torch.no_grad():
         torch.testing.assert_close(meta_loss(losses), release(losses))
     assert "aux_model.task_embedding.weight" in report.loaded
+    assert meta_loss.init == "paper"
 
     untouched = AllInOne(**TINY)
     before = {k: v.clone() for k, v in untouched.state_dict().items()}
