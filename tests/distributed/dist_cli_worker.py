@@ -7,9 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-import torch
-
 import meltr
+from meltr.train import sharded
 from meltr.train.cli import main
 
 
@@ -33,13 +32,12 @@ def killed_while_saving_worker(args: list[str], step: int) -> None:
     """``tools/train.py args`` on this rank, killed (SIGKILL, as by the kernel or a scheduler's
     kill -9) in the middle of writing the checkpoint of ``step``: after its DCP shards and its
     own file, before the checkpoint is complete."""
-    original_save = torch.save
+    write_file = sharded._save_file
 
-    def save_then_die(obj, file, *rest, **options):
-        original_save(obj, file, *rest, **options)
-        path = str(file) if isinstance(file, str | os.PathLike) else ""
-        if f".step-{step:08d}.tmp" in path and Path(path).name.startswith("rank-"):
+    def write_then_die(obj, path: Path) -> None:
+        write_file(obj, path)
+        if path.parent.name == f".step-{step:08d}.tmp" and path.name.startswith("rank-"):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    torch.save = save_then_die
+    sharded._save_file = write_then_die
     main(args)

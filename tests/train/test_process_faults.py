@@ -90,8 +90,10 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_a_run_that_resume_restarts(
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output
-    assert "No checkpoint was saved yet" in output and "--resume" in output
-    assert "Traceback" not in output
+    assert "interrupted: No checkpoint was saved yet" in output and "--resume" in output
+    # no traceback of the interruption (a DataLoader worker's multiprocessing thread may print
+    # one of its own while the workers are ended, under load)
+    assert "KeyboardInterrupt" not in output
     assert not (run / "checkpoints").exists() and (run / "config.gin").exists()
 
     finish = ["--output", str(run), "--resume", "--train.steps=4", "--train.checkpoint_every=4"]
