@@ -3,10 +3,10 @@
     python datasets/cifar.py --root cifar-100-python --out SHARD_DIR [--labels fine|coarse]
         [--val-size 5000] [--seed 0] [--samples-per-shard 5000]
 
---root is the release folder (``cifar-100-python/`` or ``cifar-10-batches-py/``) or its parent;
-the layout is described in meltr/data/cifar.py. Writes train-, val- and test-*.tar and
-classes.json; rerunning keeps complete shards. Exit code 2 when a release file is missing or
-malformed (it is named).
+--root is the release folder (``cifar-100-python/`` or ``cifar-10-batches-py/``) or its parent; the
+layout is described in meltr/data/cifar.py. Writes train-, val- and test-*.tar and classes.json;
+rerunning keeps complete shards; an --out holding another conversion is refused. Exit code 2 when a
+release file is missing or malformed (it is named).
 """
 
 import argparse

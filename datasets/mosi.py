@@ -3,12 +3,12 @@
     python datasets/mosi.py --root MOSI_DIR --out SHARD_DIR [--layout aligned_50|unaligned_50]
         [--features vision|vision+audio] [--skip-missing] [--samples-per-shard N]
 
---root holds Processed/<layout>.pkl (or <layout>.pkl). One sample per utterance: the utterance
-text as its caption, the Facet (and COVAREP) rows as its features, the sentiment score as its
-label; train / val (MMSA's valid) / test. The CMU-MultimodalSDK .csd files need h5py and are not
-read; see meltr/data/mosi.py. Rerunning keeps complete shards. Exit code 2 when utterances lack
-text or a finite label (they are named) and --skip-missing is not given, or when the pickle is
-absent or malformed.
+--root holds Processed/<layout>.pkl (or <layout>.pkl). One sample per utterance: the utterance text
+as its caption, the Facet (and COVAREP) rows as its features, the sentiment score as its label;
+train / val (MMSA's valid) / test. The CMU-MultimodalSDK .csd files need h5py and are not read; see
+meltr/data/mosi.py. Rerunning keeps complete shards; an --out holding another conversion is
+refused. Exit code 2 when utterances lack text or a finite label (they are named) and --skip-
+missing is not given, or when the pickle is absent or malformed.
 """
 
 import argparse

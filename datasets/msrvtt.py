@@ -4,8 +4,9 @@
         [--skip-missing] [--samples-per-shard N]
 
 The layout expected under --root, and where the test captions come from, are described in
-meltr/data/msrvtt.py. Rerunning keeps complete shards. Exit code 2 when listed videos lack an mp4
-or captions (they are named) and --skip-missing is not given.
+meltr/data/msrvtt.py. Rerunning keeps complete shards; an --out holding another conversion is
+refused. Exit code 2 when listed videos lack an mp4 or captions or their mp4 does not decode (they
+are named) and --skip-missing is not given.
 """
 
 import argparse

@@ -62,21 +62,37 @@ def read_file(path: str | PathLike, trust_pickle: bool) -> object:
 
     A file that holds Python objects besides tensors is refused (CheckpointReadError naming the
     blocking global) unless ``trust_pickle=True``, which unpickles it in full: only for trusted
-    files. An empty, truncated or otherwise unreadable file raises CheckpointReadError naming it.
+    files. An empty, truncated, corrupt or otherwise unreadable file raises CheckpointReadError
+    naming it and saying it is damaged (never advising to trust it): a file that does not start
+    like a ``torch.save`` file (a zip archive or a pickle) is refused before unpickling, and an
+    unpickling error without a blocking global is corruption, not a Python object.
     """
     try:
+        _check_torch_format(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch names a Python object it refuses by its GLOBAL opcode; any other refusal is
+        # damage (random bytes after a pickle header), which no trust would make readable.
+        blocking = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if not blocking and not trust_pickle:
+            raise CheckpointReadError(
+                f"cannot read checkpoint {path}: it is corrupt ({_reason(error)})"
+            ) from error
         if not trust_pickle:
-            reason = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
             raise CheckpointReadError(
                 f"{path} holds Python objects besides tensors, so torch.load(weights_only=True) "
-                f"refused it ({reason[0] if reason else error}). If the file comes from a trusted "
-                "source, set train.trust_checkpoint_pickle = True (trust_pickle=True)."
+                f"refused it ({blocking[0]}). If the file comes from a trusted source, set "
+                "train.trust_checkpoint_pickle = True (trust_pickle=True)."
             ) from error
         logger.warning("%s: unpickling in full (trust_pickle=True)", path)
-    except (EOFError, RuntimeError, OSError) as error:
+    except (EOFError, OSError) as error:
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
+    except CheckpointReadError:
+        raise
+    except Exception as error:  # damaged bytes make torch's reader raise almost anything
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path}: it is corrupt ({_reason(error)})"
+        ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as error:  # a pickled class this environment lacks
@@ -84,14 +100,46 @@ def read_file(path: str | PathLike, trust_pickle: bool) -> object:
             f"cannot unpickle checkpoint {path}: {error} (it pickles an object of a module that "
             "is not installed here)"
         ) from error
-    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as error:
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_reason(error)}") from error
+    except Exception as error:
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path}: it is corrupt ({_reason(error)})"
+        ) from error
+
+
+# How a torch.save file starts: a zip archive (the default format), or a pickle of protocol 2-5
+# (the legacy format and plain pickles).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL = 0x80
+
+
+def _check_torch_format(path: str | PathLike) -> None:
+    """CheckpointReadError unless ``path`` starts like a ``torch.save`` file (EOFError when it is
+    empty)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head:
+        raise EOFError
+    if head.startswith(_ZIP_MAGIC) or (
+        len(head) > 1 and head[0] == _PICKLE_PROTOCOL and 2 <= head[1] <= 5
+    ):
+        return
+    raise CheckpointReadError(
+        f"cannot read checkpoint {path}: it is corrupt or not a checkpoint (it is neither a zip "
+        f"archive nor a pickle, as torch.save writes; it starts with {head!r})"
+    )
 
 
 def _reason(error: BaseException) -> str:
     if isinstance(error, EOFError):
         return "the file is empty or truncated"
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    if not str(error).strip():
+        return type(error).__name__
+    if isinstance(error, pickle.UnpicklingError):  # torch's message: the cause is the line after
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        causes = [line for line in lines if line.startswith(("Unsupported", "invalid load key"))]
+        if causes:
+            return causes[0]
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
 
 
 def read_state_dict(

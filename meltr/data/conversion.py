@@ -55,24 +55,43 @@ def load_pickle(path: Path, what: str) -> Any:
     try:
         with open(path, "rb") as file:
             return pickle.load(file)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise ValueError(f"{path} is not a readable pickle ({what}): {error}") from error
+    except Exception as error:  # damaged bytes make unpickling raise almost any exception
+        raise ValueError(f"{path} is not a readable pickle ({what}): {error!r}") from error
 
 
 def load_json(path: Path, what: str) -> Any:
     require_file(path, what)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({what}): {error}") from error
 
 
-def read_csv_rows(path: Path, columns: tuple[str, ...], what: str) -> list[dict[str, str]]:
-    """The rows of a csv with a header, values stripped; ValueError naming the absent columns."""
+def read_csv_rows(
+    path: Path, columns: tuple[str, ...], what: str, delimiter: str = ","
+) -> list[dict[str, str]]:
+    """The rows of a csv (``delimiter="\t"``: tsv) with a header, values stripped; ValueError
+    naming the file when columns are absent or it is not text (a binary or damaged file)."""
     require_file(path, what)
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        absent = set(columns) - set(reader.fieldnames or [])
-        if absent:
-            raise ValueError(f"{path}: missing column(s) {sorted(absent)} ({what})")
-        return [{key: (value or "").strip() for key, value in row.items()} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file, delimiter=delimiter)
+            absent = set(columns) - set(reader.fieldnames or [])
+            if absent:
+                raise ValueError(f"{path}: missing column(s) {sorted(absent)} ({what})")
+            return [
+                {key: (value or "").strip() for key, value in row.items() if key is not None}
+                for row in reader
+            ]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a readable csv ({what}): {error}") from error
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-empty lines of a text file, stripped; ValueError naming it when it is not text."""
+    require_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file ({what}): {error}") from error
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -19,7 +19,6 @@ resized and stored as a small lossless mp4 instead, so that precomputed dVAE cod
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from meltr.data.conversion import read_csv_rows
 from meltr.data.decoders import VideoLabel
 from meltr.data.release_frames import (
     check_codes,
@@ -74,15 +74,6 @@ def find_csv(root: Path, split: str) -> Path | None:
     return None
 
 
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        absent = set(COLUMNS) - set(reader.fieldnames or [])
-        if absent:
-            raise ValueError(f"{path}: missing column(s) {sorted(absent)}")
-        return list(reader)
-
-
 def clip_name(row: dict, path: Path, position: int) -> str:
     """``<youtube_id>_<start:06d>_<end:06d>``, the name the clips are usually saved under."""
     try:
@@ -111,7 +102,11 @@ def plan_kinetics(root: str | os.PathLike, vq: str | os.PathLike | None = None) 
     for split in ("train", "validate"):
         if paths[split] is None:
             raise FileNotFoundError(f"{root}: no {split}.csv (looked for the names in CSV_SPLITS)")
-    rows = {split: read_rows(path) for split, path in paths.items() if path is not None}
+    rows = {
+        split: read_csv_rows(path, COLUMNS, f"Kinetics {split} annotations")
+        for split, path in paths.items()
+        if path is not None
+    }
     if "test" in rows and any(not row["label"].strip() for row in rows["test"]):
         del rows["test"]  # the unlabelled test release: nothing to select on
     plan = KineticsPlan(labels=sorted({row["label"].strip() for row in rows["train"]}))

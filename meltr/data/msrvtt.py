@@ -22,14 +22,16 @@ The mp4 bytes are copied unchanged.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from meltr.data.conversion import load_pickle, read_csv_rows, read_lines
 from meltr.data.decoders import VideoCaptions
+from meltr.data.video import VideoDecodeError, check_video_file
 from meltr.data.writer import Sample, write_shards
 
 TRAIN_LISTS = {"9k": "train_list_9k.txt", "7k": "train_list_7k.txt"}
@@ -85,7 +87,8 @@ class MissingVideosError(ValueError):
 
 
 def plan_msrvtt(root: str | os.PathLike, split: str = "9k") -> MsrvttPlan:
-    """Read the release's metadata and list the videos of ``split`` (``"9k"`` or ``"7k"``).
+    """Read the release's metadata and list the videos of ``split`` (``"9k"`` or ``"7k"``); a
+    listed video without an mp4, without a caption or whose mp4 does not decode is missing.
 
     Raises:
         ValueError: unknown split, or malformed metadata (naming the file and the entry).
@@ -98,11 +101,11 @@ def plan_msrvtt(root: str | os.PathLike, split: str = "9k") -> MsrvttPlan:
         raise FileNotFoundError(f"--root {root} is not a directory (the MSRVTT release)")
     captions = load_captions(root / ANNOTATIONS)
     plan = MsrvttPlan()
-    for video_id in read_id_list(root / TRAIN_LISTS[split]):
-        _add(plan, plan.train, root, video_id, captions.get(video_id, []), "train")
+    listed = [(v, captions.get(v, []), "train") for v in read_id_list(root / TRAIN_LISTS[split])]
     test_captions, plan.test_caption_source = _test_captions(root, captions)
-    for video_id, chosen in test_captions.items():
-        _add(plan, plan.test, root, video_id, chosen, "test")
+    listed += [(video_id, chosen, "test") for video_id, chosen in test_captions.items()]
+    for video_id, chosen, video_split in tqdm(listed, desc="checking videos", unit="video"):
+        _add(plan, root, video_id, chosen, video_split)
     return plan
 
 
@@ -174,20 +177,25 @@ def load_captions(path: Path) -> dict[str, list[str]]:
 
 def read_id_list(path: Path) -> list[str]:
     """Video ids, one per non-empty line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (an MSRVTT split list)")
-    with open(path) as file:
-        return [line.strip() for line in file if line.strip()]
+    return read_lines(path, "an MSRVTT split list")
 
 
-def _add(plan: MsrvttPlan, videos: list, root: Path, video_id: str, captions, split: str) -> None:
+def _add(plan: MsrvttPlan, root: Path, video_id: str, captions: list[str], split: str) -> None:
+    """List ``video_id`` in ``split``, or as missing: no mp4, no caption, or an mp4 that does not
+    decode (``check_video_file``)."""
     path = root / "videos" / f"{video_id}.mp4"
     if not path.is_file():
         plan.missing.append(MissingVideo(video_id, split, f"no file {path}"))
-    elif not captions:
+        return
+    if not captions:
         plan.missing.append(MissingVideo(video_id, split, f"no caption in {ANNOTATIONS}"))
-    else:
-        videos.append(MsrvttVideo(video_id, path, tuple(captions), split))
+        return
+    try:
+        check_video_file(path)
+    except VideoDecodeError as error:
+        plan.missing.append(MissingVideo(video_id, split, f"{path} does not decode: {error}"))
+        return
+    getattr(plan, split).append(MsrvttVideo(video_id, path, tuple(captions), split))
 
 
 def _test_captions(root: Path, captions: dict[str, list[str]]) -> tuple[dict[str, list[str]], str]:
@@ -198,8 +206,7 @@ def _test_captions(root: Path, captions: dict[str, list[str]]) -> tuple[dict[str
     index_path = root / TEST_CAPTION_INDEX
     if not index_path.is_file():
         return {v: captions.get(v, [])[:1] for v in video_ids}, f"{TEST_LIST} (first captions)"
-    with open(index_path, "rb") as file:
-        chosen_index = pickle.load(file)
+    chosen_index = load_pickle(index_path, "the index of each test video's caption")
     if not isinstance(chosen_index, dict):
         raise ValueError(f"{index_path}: expected a dict video id -> caption index")
     chosen = {}
@@ -221,12 +228,7 @@ def _test_captions(root: Path, captions: dict[str, list[str]]) -> tuple[dict[str
 
 
 def _read_univl_csv(path: Path) -> dict[str, list[str]]:
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        absent = {"video_id", "sentence"} - set(reader.fieldnames or [])
-        if absent:
-            raise ValueError(f"{path}: missing column(s) {sorted(absent)}")
-        captions: dict[str, list[str]] = {}
-        for row in reader:
-            captions.setdefault(row["video_id"].strip(), []).append(row["sentence"].strip())
+    captions: dict[str, list[str]] = {}
+    for row in read_csv_rows(path, ("video_id", "sentence"), "UniVL's test pairs"):
+        captions.setdefault(row["video_id"], []).append(row["sentence"])
     return captions

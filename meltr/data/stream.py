@@ -19,7 +19,8 @@ therefore drops the first ``(start_batch + w) // num_workers`` batches' worth of
 decoding them, and yields exactly what an uninterrupted loader yields from batch ``start_batch`` on.
 
 Corrupt samples are skipped with a warning naming the key, the shard and the reason, and counted in
-the next batch's ``num_corrupt``. A training batch holds the *valid* samples of its raw window, so
+the next batch's ``num_corrupt``; the unreadable rest of a truncated or damaged shard counts as one
+corrupt sample. A training batch holds the *valid* samples of its raw window, so
 it is smaller than ``batch_size`` by the number of corrupt samples in the window; a window with no
 valid sample yields no batch (its count moves to the next batch), the one case where resume is no
 longer exact. A training stream whose shards hold no sample at all, or whose last
@@ -30,13 +31,17 @@ shards and the reasons, instead of waiting forever.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import itertools
+import os
 import random
+import signal
+import tarfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -103,18 +108,55 @@ def _reason(error: Exception) -> str:
     return str(error).split(":", 1)[0]
 
 
-def _warn_shard_error(error: Exception) -> bool:
-    """webdataset handler for tar-level errors: warn (the exception names the shard), go on."""
-    warnings.warn(f"skipping the rest of a shard after a read error: {error!r}", stacklevel=2)
-    return True
+# The key of the sample that stands for the unread rest of a damaged shard (see _raw_samples).
+UNREADABLE_REST = "__unreadable__"
 
 
 def _raw_samples(shards: Iterable[str]) -> Iterator[dict]:
-    """Undecoded samples of ``shards`` in order, each shard's file closed once read."""
+    """Undecoded samples of ``shards`` in order, each shard's file closed once read.
+
+    A shard that cannot be read to its end (truncated, damaged) is warned about, and the samples
+    after the damage, which cannot be counted, are stood for by one sample marked
+    ``UNREADABLE_REST`` (after the samples read before it), which the streams count as corrupt.
+    """
     for shard in shards:
+        errors: list[Exception] = []
+        remember = functools.partial(_remember, errors)
         with open(shard, "rb") as stream:
-            files = tar_file_expander([{"url": shard, "stream": stream}], handler=_warn_shard_error)
-            yield from group_by_keys(files, handler=_warn_shard_error)
+            files = tar_file_expander([{"url": shard, "stream": stream}], handler=remember)
+            yield from group_by_keys(files, handler=remember)
+            if not errors and not _ends_like_a_tar(stream):
+                errors.append(EOFError("the shard ends without the end-of-archive blocks"))
+        if errors:
+            warnings.warn(
+                f"skipping the rest of shard {shard} after a read error: {errors[0]!r}",
+                stacklevel=2,
+            )
+            yield {"__key__": UNREADABLE_REST, "__url__": shard, UNREADABLE_REST: errors[0]}
+
+
+def _ends_like_a_tar(stream: BinaryIO) -> bool:
+    """Whether a tar file ends with the two zero blocks of its end-of-archive marker (or is
+    empty). tarfile reads a tar cut at a member boundary without complaint; this tells."""
+    size = stream.seek(0, os.SEEK_END)
+    if size == 0:
+        return True
+    if size < 2 * tarfile.BLOCKSIZE:
+        return False
+    stream.seek(size - 2 * tarfile.BLOCKSIZE)
+    return not any(stream.read(2 * tarfile.BLOCKSIZE))
+
+
+def _remember(errors: list[Exception], error: Exception) -> bool:
+    """webdataset's error handler: keep the error, read on (``True``)."""
+    errors.append(error)
+    return True
+
+
+def _check_readable(sample: dict) -> None:
+    """CorruptSampleError for the stand-in of a damaged shard's unread rest."""
+    if UNREADABLE_REST in sample:
+        raise CorruptSampleError(f"unreadable shard: {sample[UNREADABLE_REST]!r}")
 
 
 def _endless_passes(shards: list[str], rng: random.Random) -> Iterator[dict]:
@@ -125,7 +167,7 @@ def _endless_passes(shards: list[str], rng: random.Random) -> Iterator[dict]:
     while True:
         count = 0
         for sample in _raw_samples(rng.sample(shards, len(shards))):
-            count += 1
+            count += UNREADABLE_REST not in sample
             yield sample
         if count == 0:
             raise NoUsableSamplesError(
@@ -173,6 +215,7 @@ class _TrainStream(IterableDataset):
         return shuffle(samples)
 
     def _item(self, sample: dict, generator: torch.Generator) -> dict:
+        _check_readable(sample)
         item = self.decoder.train_item(sample, generator)
         for transform in self.transforms:
             item = transform(item, generator)
@@ -243,6 +286,7 @@ class _EvalStream(IterableDataset):
         for sample in self._my_samples():
             generator = self._sample_generator(sample["__key__"])
             try:
+                _check_readable(sample)
                 pending += self.decoder.eval_items(sample, generator, self.view is not None)
             except CorruptSampleError as error:
                 _warn_corrupt(sample, error)
@@ -254,6 +298,16 @@ class _EvalStream(IterableDataset):
                 pending, num_corrupt = pending[self.batch_size :], 0
         if pending:
             yield collate(pending, num_corrupt)
+
+
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM, SIGUSR1 and SIGINT. A scheduler (Slurm, Kubernetes)
+    signals the whole process group, as Ctrl-C does; the training process stops at the next step
+    boundary and checkpoints (``meltr.train.preemption``), or reports where it was interrupted,
+    then ends its workers itself. A worker that died of the signal first would crash the run
+    before it could save."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _check_positive(**values: Any) -> None:
@@ -311,7 +365,16 @@ def train_loader(
         shuffle_buffer,
         max_consecutive_corrupt,
     )
-    return DataLoader(stream, batch_size=None, num_workers=num_workers)
+    return _loader(stream, num_workers)
+
+
+def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        worker_init_fn=_leave_signals_to_the_main_process,
+    )
 
 
 def eval_loader(
@@ -341,4 +404,4 @@ def eval_loader(
         raise ValueError(f"view must be None or an integer >= 0, got {view!r}")
     rank, world_size = _resolve_rank(rank, world_size)
     stream = _EvalStream(find_shards(data_dir, split), decoder, batch_size, rank, world_size, view)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers)
+    return _loader(stream, num_workers)

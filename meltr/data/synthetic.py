@@ -27,7 +27,7 @@ import numpy as np
 
 from meltr.data.cache import cache_root, generation_lock
 from meltr.data.decoders import VideoCaptions
-from meltr.data.writer import Sample, shard_path, write_shards
+from meltr.data.writer import RECORD, Sample, shard_path, write_shards
 
 # colour name -> (RGB rendered, words used in captions). Pairwise far apart in RGB so that video
 # compression never makes one look like another.
@@ -403,7 +403,8 @@ def ensure_synthetic_dataset(cache_dir: str | os.PathLike, **kwargs) -> dict:
             listed = [paths["vocab"], *(path for split in SPLITS for path in paths[split])]
             if all(Path(path).is_file() for path in listed):
                 return paths
-        return generate()
+        if (cache_dir / RECORD).exists():  # interrupted: resume (without a record: regenerate)
+            return generate()
     for path in _dataset_files(cache_dir):
         path.unlink()
     (cache_dir / "manifest.json").unlink(missing_ok=True)
@@ -443,8 +444,7 @@ def _dataset_files(directory: Path) -> list[Path]:
         pattern for split in SPLITS for pattern in (f"{split}-*.tar", f".{split}-*.partial")
     ]
     found = [path for pattern in patterns for path in directory.glob(pattern)]
-    vocab = directory / "vocab.txt"
-    return found + ([vocab] if vocab.exists() else [])
+    return found + [path for path in (directory / "vocab.txt", directory / RECORD) if path.exists()]
 
 
 def _read_manifest(directory: Path) -> dict | None:

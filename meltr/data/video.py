@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import av
 import numpy as np
@@ -72,6 +73,19 @@ def _decode_indices(video_bytes: bytes, indices: list[int]) -> list[np.ndarray]:
         raise VideoDecodeError("the video stream decodes to no frames")
     fallback = last.to_ndarray(format="rgb24")
     return [found.get(index, fallback) for index in indices]
+
+
+def check_video_file(path: str | os.PathLike) -> None:
+    """VideoDecodeError (with FFmpeg's reason) unless ``path`` opens as a video whose first frame
+    decodes: what a converter can check of every clip without decoding it whole. Damage further
+    into a stream is found when training reads it (the sample is then skipped and counted)."""
+    try:
+        with av.open(str(path)) as container:
+            for _ in container.decode(_video_stream(container)):
+                return
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(f"FFmpeg cannot decode the video: {error}") from error
+    raise VideoDecodeError("the video stream decodes to no frames")
 
 
 def read_clip(

@@ -27,7 +27,6 @@ vocabulary, which is the ``num_answers`` most frequent training answers (ties al
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meltr.data.conversion import read_csv_rows
 from meltr.data.decoders import VideoCaptions, VideoQA
 from meltr.data.release_frames import (
     check_codes,
@@ -228,15 +228,6 @@ def tsv_path(root: Path, split: str, qtype: str) -> Path | None:
     return None
 
 
-def read_tsv_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file, delimiter="\t")
-        absent = set(columns) - set(reader.fieldnames or [])
-        if absent:
-            raise ValueError(f"{path}: missing column(s) {sorted(absent)}")
-        return list(reader)
-
-
 def answer_vocabulary(answers: list[str], size: int) -> list[str]:
     """The ``size`` most frequent ``answers``, most frequent first, ties alphabetical."""
     counts = Counter(answers)
@@ -255,7 +246,12 @@ def read_tgif_tsv(root: Path, task: Task) -> tuple[dict[str, list[dict]], list[s
     choices = tuple(f"a{i}" for i in range(1, 6))
     columns = ("gif_name", "question", "answer")
     rows = {
-        split: read_tsv_rows(path, columns + (choices if task.kind != "open_ended" else ()))
+        split: read_csv_rows(
+            path,
+            columns + (choices if task.kind != "open_ended" else ()),
+            "TGIF-QA questions",
+            delimiter="\t",
+        )
         for split, path in paths.items()
     }
     vocab: list[str] = []

@@ -10,10 +10,20 @@ Resumability rests on one rule: shard ``i`` holds descriptions ``[i * n, (i + 1)
 ordered list the caller passes. A shard is written under a temporary name and renamed when complete,
 so a final name always means a complete shard; a rerun keeps such shards (after checking that they
 hold the expected keys) without materialising their samples.
+
+Conversions never mix. ``<out_dir>/conversion.json`` records, per split, what wrote its shards
+(the sample kind, the shard size, the number of samples and a digest of the descriptions and of
+the ``materialise`` function with its bound arguments). Writing a split into a directory that
+holds that split's shards from another conversion (other inputs or arguments: a 7k MSRVTT
+conversion into a 9k one's directory), or shards no record describes, is refused with a
+ValueError naming the directory; only a rerun of the same conversion continues it. A converter
+never deletes: the user chooses an empty directory or removes the old conversion.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import multiprocessing
@@ -27,6 +37,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from meltr.atomic_files import write_text_atomically
 from meltr.data.decoders import CorruptSampleError
 
 # ``{"__key__": str, "json": dict, <member>: bytes | numpy array, ...}``
@@ -83,8 +94,9 @@ def write_shards(
         The paths of all shards, in order (kept and newly written).
 
     Raises:
-        ValueError: bad arguments, a bad key or sample (naming it), or an existing shard that holds
-            other samples than the descriptions say it should (naming the shard).
+        ValueError: bad arguments, a bad key or sample (naming it), ``out_dir`` holding this
+            split's shards from another conversion (module docstring), or an existing shard that
+            holds other samples than the descriptions say it should (naming the shard).
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
@@ -93,6 +105,7 @@ def write_shards(
     _check_keys([d.key for d in descriptions])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_split(out_dir, split, _identity(descriptions, materialise, kind, samples_per_shard))
 
     chunks = [
         descriptions[start : start + samples_per_shard]
@@ -111,6 +124,72 @@ def write_shards(
         for written in _run_jobs(pending, workers):
             bar.update(written)
     return paths
+
+
+RECORD = "conversion.json"
+RECORD_FORMAT = "meltr-conversion"
+
+
+def _identity(
+    descriptions: Sequence[Description],
+    materialise: Callable[[Description], Sample],
+    kind: Kind,
+    samples_per_shard: int,
+) -> dict[str, Any]:
+    """What a split's shards are written from, comparable across runs (no addresses, no times)."""
+    digest = hashlib.sha256(_callable_name(materialise).encode())
+    for description in descriptions:
+        digest.update(repr(description).encode())
+    return {
+        "kind": kind.__name__,
+        "samples_per_shard": samples_per_shard,
+        "samples": len(descriptions),
+        "digest": digest.hexdigest(),
+    }
+
+
+def _callable_name(function: Callable[..., Any]) -> str:
+    """A function's module and name, a partial's with its bound arguments, a callable object's
+    class."""
+    if isinstance(function, functools.partial):
+        bound = f"{function.args!r}{sorted(function.keywords.items())!r}"
+        return _callable_name(function.func) + bound
+    named = function if hasattr(function, "__qualname__") else type(function)
+    return f"{named.__module__}.{named.__qualname__}"
+
+
+def _claim_split(out_dir: Path, split: str, identity: dict[str, Any]) -> None:
+    """Record that ``split`` of ``out_dir`` is written from ``identity``; ValueError naming the
+    directory when it holds that split's shards from another conversion or from none recorded."""
+    path = out_dir / RECORD
+    record = {"format": RECORD_FORMAT, "splits": {}}
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+            recorded = record["splits"].get(split) if record["format"] == RECORD_FORMAT else None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path} is damaged ({error!r}); delete the conversion") from None
+    else:
+        recorded = None
+    present = sorted(
+        p.name
+        for pattern in (f"{split}-*.tar", f".{split}-*.partial")
+        for p in out_dir.glob(pattern)
+    )
+    advice = "convert into an empty directory, or delete the old conversion first"
+    if present and recorded is None:
+        raise ValueError(
+            f"{out_dir} holds {split} shards ({', '.join(present[:3])}, ...) that no conversion "
+            f"record ({RECORD}) describes: another conversion wrote them; {advice}"
+        )
+    if present and recorded != identity:
+        raise ValueError(
+            f"{out_dir} holds the {split} shards of another conversion ({', '.join(present[:3])}"
+            f", ...: {recorded['samples']} samples written from other inputs or arguments; this "
+            f"conversion has {identity['samples']}); {advice}"
+        )
+    record["splits"][split] = identity
+    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _run_jobs(jobs: list[tuple], workers: int) -> Iterator[int]:

@@ -21,6 +21,11 @@ from torch import nn
 from meltr.backbones.checkpoint import LoadReport
 from meltr.objective import capture_rng, restore_rng
 from meltr.train.config import ConfigError
+from meltr.train.distributed import (
+    check_meta_learning_supported,
+    mean_over_ranks,
+    reduced_loss_source,
+)
 from meltr.train.recipe import Recipe, RunSettings
 
 
@@ -175,7 +180,57 @@ def load_official_checkpoint(
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> the first GPU when there is one, else the CPU; otherwise ``torch.device``."""
+    """``"auto"`` -> the first GPU when there is one, else the CPU; otherwise ``torch.device``.
+    ConfigError naming ``train.device`` when it asks for a GPU this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"train.device = {name!r}, but this machine has no CUDA device "
+                "(torch.cuda.is_available() is False); use 'auto' or 'cpu'"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device = {name!r}, but this machine has {count} CUDA device(s) "
+                f"(cuda:0 ... cuda:{count - 1})"
+            )
+    return device
+
+
+def build_learner(
+    recipe: Recipe, settings: RunSettings, model: nn.Module, meta_loss: nn.Module, strategy: str
+) -> tuple[Any, torch.optim.lr_scheduler.LRScheduler]:
+    """The learner (``Recipe.learner`` with ``Recipe.optimizer`` over the model and
+    ``Recipe.meta_optimizer`` over the meta loss) and the LR schedule (``Recipe.schedule`` over
+    ``train.steps``). Under a data-parallel ``strategy`` the loss source gives global-batch values
+    and phi's gradient is averaged over the ranks; ConfigError for a solver or products the
+    strategy cannot run."""
+    sharded = strategy != "none"
+    optimizer = construct("Recipe.optimizer", recipe.optimizer, model.parameters())
+    meta_optimizer = (
+        None
+        if recipe.meta_optimizer is None
+        else construct("Recipe.meta_optimizer", recipe.meta_optimizer, meta_loss.parameters())
+    )
+    schedule = construct("Recipe.schedule", recipe.schedule, optimizer, total_steps=settings.steps)
+    loss_source = recipe.loss_source
+    learner = construct(
+        "Recipe.learner",
+        recipe.learner,
+        model=model,
+        meta_loss=meta_loss,
+        loss_source=reduced_loss_source(loss_source) if sharded else loss_source,
+        optimizer=optimizer,
+        meta_optimizer=meta_optimizer,
+        **({"reduce": mean_over_ranks} if sharded else {}),
+    )
+    try:
+        check_meta_learning_supported(
+            strategy, learner.products.name, learner.solver, learner.aggregate
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return learner, schedule

@@ -14,8 +14,9 @@ Formats (``Checkpointer(directory, sharded=...)``, chosen by the run's strategy)
   its optimizer plus the replicated learner state and per-rank states (``meltr.train.sharded``).
 
 ``resume`` reads either format into the current run's objects (a sharded checkpoint also into a
-plain one-process run, and at any world size), trying the newest checkpoint first and falling back
-to the next newest valid one, saying so; it never modifies a checkpoint.
+plain one-process run, and at any world size), trying the checkpoint of the highest step first
+(``meltr.train.saved_checkpoints``) and falling back to the next valid one, saying so; it never
+modifies a checkpoint. The restored state continues under the current configuration (``restore``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,19 +33,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from meltr.backbones.checkpoint import read_file
 from meltr.train import sharded
+from meltr.train.saved_checkpoints import (
+    CHECKPOINT_NAMES,
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    SavedCheckpoint,
+    load_model_state,
+    read_training_file,
+    saved_checkpoints,
+)
 from meltr.train.single_file import save_atomic
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "meltr-train"
-VERSION = 1
-CHECKPOINT_NAMES = ("last", "best")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the file and the reason."""
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Progress:
     wandb_run_id: str | None = None
     totals: dict[str, float] = field(default_factory=dict)
     health: dict = field(default_factory=dict)  # the HealthMonitor's state
+    log_tail: dict[str, dict] = field(default_factory=dict)  # see Trainer._save
 
 
 @dataclass
@@ -117,15 +121,29 @@ class Checkpointer:
         self.directory, self.sharded, self.is_main = Path(directory), sharded, is_main
 
     def save(self, name: str, state: TrainingState, progress: Progress) -> None:
+        """Save ``state`` as checkpoint ``name``; CheckpointWriteError (on every rank) when it
+        cannot be written, the previous checkpoint intact."""
         if name not in CHECKPOINT_NAMES:
             raise ValueError(f"checkpoint name must be one of {CHECKPOINT_NAMES}, got {name!r}")
-        if self.sharded:
-            _save_sharded(self.directory / name, state, progress, keep=2 if name == "last" else 1)
-        elif self.is_main:
-            previous = self.directory / "last.prev.pt" if name == "last" else None
-            save_atomic(
-                _single_file_payload(state, progress), self.directory / f"{name}.pt", previous
-            )
+        try:
+            if self.sharded:
+                keep = 2 if name == "last" else 1
+                _save_sharded(self.directory / name, state, progress, keep=keep)
+            elif self.is_main:
+                previous = self.directory / "last.prev.pt" if name == "last" else None
+                save_atomic(
+                    _single_file_payload(state, progress), self.directory / f"{name}.pt", previous
+                )
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"cannot write the {name} checkpoint of step {progress.step} into "
+                f"{self.directory}: {error.strerror or error}"
+            ) from error
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, a quota, an I/O error); the message
+    names it and the reason. The previous checkpoint is intact."""
 
 
 def _single_file_payload(state: TrainingState, progress: Progress) -> dict[str, Any]:
@@ -147,6 +165,7 @@ def _single_file_payload(state: TrainingState, progress: Progress) -> dict[str, 
         "wandb_run_id": progress.wandb_run_id,
         "totals": dict(progress.totals),
         "health": dict(progress.health),
+        "log_tail": dict(progress.log_tail),
     }
 
 
@@ -175,97 +194,72 @@ def _save_sharded(directory: Path, state: TrainingState, progress: Progress, kee
 # ---------------------------------------------------------------- reading
 
 
-def is_training_checkpoint(content: Any) -> bool:
-    """Whether a loaded object is one of our single-file checkpoints (vs an official file)."""
-    return isinstance(content, dict) and content.get("format") == FORMAT
-
-
-def read_training_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A single-file checkpoint's dict; CheckpointError naming the file and what is wrong."""
-    try:
-        content = read_file(path, trust_pickle=False)
-    except ValueError as error:
-        raise CheckpointError(str(error)) from error
-    if not is_training_checkpoint(content):
-        raise CheckpointError(f"{path} is not a meltr training checkpoint (no format={FORMAT!r})")
-    if content.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {content.get('version')}, expected {VERSION}"
-        )
-    missing = [key for key in ("model", "learner", "schedule", "rng", "step") if key not in content]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}")
-    return content
-
-
-@dataclass(frozen=True)
-class SavedCheckpoint:
-    """A checkpoint found in a run directory: a ``.pt`` file or a sharded ``step-*`` directory."""
-
-    path: Path
-    sharded: bool
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-def saved_checkpoints(directory: str | os.PathLike) -> list[SavedCheckpoint]:
-    """Every checkpoint under ``directory`` (a run's ``checkpoints/``), newest write first: single
-    files ``last.pt``, ``last.prev.pt``, ``best.pt`` and sharded ``{last,best}/step-*``
-    directories (those with ``info.json``, the mark of a finished save)."""
-    directory = Path(directory)
-    found = [
-        SavedCheckpoint(directory / name, sharded=False)
-        for name in ("last.pt", "last.prev.pt", "best.pt")
-        if (directory / name).is_file()
-    ]
-    found += [
-        SavedCheckpoint(step, sharded=True)
-        for name in CHECKPOINT_NAMES
-        for step in (directory / name).glob("step-*")
-        if (step / sharded.INFO).is_file()
-    ]
-
-    def written(saved: SavedCheckpoint) -> float:
-        return (saved.path / sharded.INFO if saved.sharded else saved.path).stat().st_mtime
-
-    return sorted(found, key=written, reverse=True)
-
-
-def load_model_weights(path: str | os.PathLike, model: nn.Module) -> None:
-    """Load only the model weights of one of our checkpoints (a single file or a sharded
-    ``step-*`` directory) into ``model`` (plain or wrapped); CheckpointError when it is neither."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / sharded.INFO).is_file():
-            raise CheckpointError(f"{path} is not a complete sharded checkpoint (no info.json)")
-        sharded.load_sharded_model(path, model)
-        return
-    model.load_state_dict(read_training_file(path)["model"])
-
-
 def restore(
     saved: SavedCheckpoint, state: TrainingState, sharded_run: bool
 ) -> tuple[Progress, dict[str, Any]]:
     """Load ``saved`` into ``state`` (mutated in place); return its Progress and the RNG states
     to restore once the data stream has started (this rank's, else rank 0's).
 
+    The checkpoint gives the state (weights, optimizer moments, meta network, counters, replay
+    buffer); the current configuration gives the settings: both optimizers keep the
+    hyperparameters they were built with (a learning rate changed on ``--resume`` is the new base
+    rate), and the LR schedule, built for the current ``train.steps``, is stepped to the
+    checkpoint's step (``advance_schedule``). Unchanged settings give exactly the uninterrupted
+    run's learning rates.
+
     A single-file checkpoint resumes a one-process run; a sharded one any run, at any world size
     (the replay buffer's batches are re-split over the ranks). CheckpointError when ``saved``
     cannot be read or does not fit.
     """
-    if saved.sharded:
-        return _restore_sharded(saved.path, state)
+    optimizers = [state.learner.optimizer, state.learner.meta_optimizer]
+    configured = [_hyperparameters(optimizer) for optimizer in optimizers]
+    try:
+        if saved.sharded:
+            progress, rng = _restore_sharded(saved.path, state)
+        else:
+            progress, rng = _restore_single_file(saved, state, sharded_run)
+    finally:
+        for optimizer, groups in zip(optimizers, configured, strict=True):
+            _set_hyperparameters(optimizer, groups)
+    advance_schedule(state.schedule, progress.step)
+    return progress, rng
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer | None) -> list[dict[str, Any]]:
+    if optimizer is None:
+        return []
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _set_hyperparameters(optimizer: torch.optim.Optimizer | None, groups: list[dict]) -> None:
+    if optimizer is not None:
+        for group, configured in zip(optimizer.param_groups, groups, strict=True):
+            group.update(configured)
+
+
+def advance_schedule(schedule: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Step a freshly built ``schedule`` ``steps`` times without training, as the loop steps it
+    after every update: the optimizer then holds the learning rates of update ``steps`` of the
+    configured schedule, computed by the same arithmetic an uninterrupted run did (so resuming
+    stays exact, also for recursive schedules such as MultiStepLR). About 10 us per step."""
+    with warnings.catch_warnings():  # torch warns that no optimizer.step() came first
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step", category=UserWarning)
+        for _ in range(steps):
+            schedule.step()
+
+
+def _restore_single_file(
+    saved: SavedCheckpoint, state: TrainingState, sharded_run: bool
+) -> tuple[Progress, dict[str, Any]]:
     if sharded_run:
         raise CheckpointError(
             f"{saved.path} is a single-file checkpoint of a one-process run; resume it with "
             "Distributed.strategy='none' in one process"
         )
     content = read_training_file(saved.path)
+    load_model_state(state.model, content["model"], saved.path)
     try:
-        state.model.load_state_dict(content["model"])
         state.learner.load_state_dict(content["learner"])
-        state.schedule.load_state_dict(content["schedule"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{saved.path} does not fit this run: {error}") from error
     best = content.get("best", {})
@@ -279,6 +273,7 @@ def restore(
         wandb_run_id=content.get("wandb_run_id"),
         totals=dict(content.get("totals", {})),
         health=dict(content.get("health", {})),
+        log_tail=dict(content.get("log_tail", {})),
     )
     return progress, content["rng"]
 
@@ -295,34 +290,46 @@ def _restore_sharded(path: Path, state: TrainingState) -> tuple[Progress, dict[s
                 "buffer": sharded.reslice_batches(buffers, rank, world_size),
             }
         )
-        state.schedule.load_state_dict(loaded.replicated_state["schedule"])
     except (RuntimeError, ValueError, KeyError, OSError, EOFError) as error:
         raise CheckpointError(f"cannot resume from {path}: {error}") from error
     own = rank if rank < loaded.saved_world_size else 0
     return Progress(**loaded.replicated_state["progress"]), loaded.rank_states[own]["rng"]
 
 
-def resume(
-    directory: str | os.PathLike, state: TrainingState, sharded_run: bool
-) -> tuple[Progress, dict[str, Any], SavedCheckpoint]:
+@dataclass
+class Resumed:
+    """What ``resume`` restored: the progress, the RNG states to restore once the data stream
+    has started, the checkpoint used, and the newer ones that could not be used (each with the
+    reason), which the run sets aside before it writes (``saved_checkpoints.set_aside``)."""
+
+    progress: Progress
+    rng: dict[str, Any]
+    used: SavedCheckpoint
+    skipped: list[tuple[SavedCheckpoint, str]]
+
+
+def resume(directory: str | os.PathLike, state: TrainingState, sharded_run: bool) -> Resumed:
     """Restore the newest valid checkpoint under ``directory`` into ``state``.
 
-    Tries the checkpoints newest first; one that cannot be read or does not fit is reported (a
-    warning naming it and the reason) and the next is tried. Returns (progress, RNG states, the
-    checkpoint used). CheckpointError naming every file and what is wrong when none works.
+    Tries the checkpoints in ``saved_checkpoints`` order (highest step first); one that cannot be
+    read or does not fit is reported (a warning naming it and the reason) and the next is tried.
+    CheckpointError when the directory holds none, or naming every file and what is wrong when
+    none works. Modifies no file.
     """
     candidates = saved_checkpoints(directory)
     if not candidates:
         raise CheckpointError(f"--resume: {directory} holds no checkpoint, nothing to resume")
-    problems = []
+    skipped = []
     for saved in candidates:
         try:
             progress, rng = restore(saved, state, sharded_run)
         except CheckpointError as error:
-            problems.append(str(error))
+            skipped.append((saved, str(error)))
             logger.warning("cannot resume from %s (%s); trying an older checkpoint", saved, error)
             continue
-        if problems:
+        if skipped:
             logger.warning("resuming from %s, the newest valid checkpoint", saved)
-        return progress, rng, saved
-    raise CheckpointError("--resume: no checkpoint can be resumed from: " + "; ".join(problems))
+        return Resumed(progress, rng, saved, skipped)
+    raise CheckpointError(
+        "--resume: no checkpoint can be resumed from: " + "; ".join(r for _, r in skipped)
+    )

@@ -7,7 +7,9 @@
 
 Exit codes: 0 done (or stopped by a preemption signal, resumable); 1 the run stopped itself
 (diverged: non-finite values; the last good checkpoint is kept); 2 configuration or data error
-(found before anything was written, or an unusable data stream).
+(found before anything was written, or an unusable data stream), or a run directory that cannot be
+written (a full disk; what was saved before is intact and named); 130 interrupted by Ctrl-C (the
+message says from which checkpoint --resume continues).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from pathlib import Path
 import meltr.train.configurables  # noqa: F401  (the gin registrations)
 from meltr.data.stream import NoUsableSamplesError
 from meltr.train.config import ConfigError, parse_gin, sweep_args_to_bindings
-from meltr.train.loop import TrainingStopped, run_training
+from meltr.train.divergence import TrainingStopped
+from meltr.train.run import CannotWriteError, Interrupted, run_training
 
 CONFIG_ERROR = 2
 STOPPED = 1
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -107,9 +111,15 @@ def run_command(body: Callable[[], int]) -> int:
     except (ConfigError, NoUsableSamplesError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return CONFIG_ERROR
+    except CannotWriteError as error:
+        print(f"cannot write: {error}", file=sys.stderr)
+        return CONFIG_ERROR
     except TrainingStopped as error:
         print(f"training stopped: {error}", file=sys.stderr)
         return STOPPED
+    except Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

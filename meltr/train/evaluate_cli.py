@@ -24,10 +24,15 @@ import gin
 
 from meltr.backbones.checkpoint import read_file
 from meltr.train import build
-from meltr.train.checkpointing import CheckpointError, is_training_checkpoint, load_model_weights
 from meltr.train.cli import add_recipe_arguments, configure, run_command
 from meltr.train.config import ConfigError
 from meltr.train.recipe import check_paths
+from meltr.train.saved_checkpoints import (
+    CheckpointError,
+    is_training_checkpoint,
+    load_model_state,
+    load_model_weights,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +54,10 @@ def load_weights(components: build.Components, checkpoint: Path) -> None:
     except (CheckpointError, ValueError) as error:
         raise ConfigError(str(error)) from None
     if is_training_checkpoint(content):
-        components.model.load_state_dict(content["model"])
+        try:
+            load_model_state(components.model, content["model"], checkpoint)
+        except CheckpointError as error:
+            raise ConfigError(str(error)) from None
     else:
         build.load_official_checkpoint(components, str(checkpoint))
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from meltr.backbones.checkpoint import LoadReport, read_file
 from meltr.train import build
-from meltr.train.checkpointing import is_training_checkpoint
 from meltr.train.cli import add_recipe_arguments, configure, run_command
 from meltr.train.config import ConfigError
+from meltr.train.saved_checkpoints import is_training_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,9 @@ Run directory layout (``run_dir``):
 - ``wandb/``: the W&B run files.
 
 Nothing is created before the whole recipe has been built, every command-line binding has been
-checked to be used, and the first training batch has been read.
+checked to be used, and the first training batch has been read; the run directory is then claimed
+(``meltr.train.run_directory``). Only a healthy state is checkpointed (``meltr.train.divergence``).
+``meltr.train.run`` runs a Trainer as one command.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from meltr.train.checkpointing import (
     Checkpointer,
     CheckpointError,
     Progress,
+    Resumed,
     TrainingState,
     restore_rng_state,
     resume,
@@ -49,67 +53,20 @@ from meltr.train.distributed import (
     Distributed,
     DistributedContext,
     assert_replicated,
-    check_meta_learning_supported,
     gathered_parameters,
-    init_distributed,
-    mean_over_ranks,
-    reduced_loss_source,
-    shutdown_distributed,
     wrap_model,
 )
+from meltr.train.divergence import TrainingStopped, keep_good_checkpoints, unhealthy_reason
 from meltr.train.health import HealthMonitor, HealthThresholds
 from meltr.train.meters import IntervalMeter, SkipWarnings
 from meltr.train.preemption import PreemptionHandler
-from meltr.train.recipe import RunSettings, check_paths, has_split, is_better
+from meltr.train.recipe import RunSettings, has_split, is_better
+from meltr.train.resume_settings import changed_settings, check_resumed_settings
+from meltr.train.run_directory import RunDirectoryLock
 from meltr.train.run_log import RunLog, StepLog, truncate_jsonl
+from meltr.train.saved_checkpoints import saved_checkpoints, set_aside
 
-RUN_FILES = ("config.gin", "metrics.jsonl", "checkpoints")
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped itself: it diverged (non-finite values, see the message); the last good
-    checkpoint was kept."""
-
-
-def check_run_directory(run_dir: Path, resume: bool) -> None:
-    """ConfigError when ``run_dir`` already holds a run and this is not ``--resume`` (reusing it
-    would replace its checkpoints and interleave its metrics)."""
-    if resume:
-        return
-    present = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if present:
-        raise ConfigError(
-            f"--output {run_dir} already holds a run ({', '.join(present)}); continue it with "
-            "--resume, or choose a new --output"
-        )
-
-
-def run_training(
-    run_dir: str | Path, resume: bool = False, command_line_bindings: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Train the parsed gin recipe into ``run_dir``; return the final report (``results.json``).
-
-    ``command_line_bindings`` (the user's ``--gin_param`` / ``--X.y=v`` bindings) must all be
-    used by the run (ConfigError naming the first that is not). Under torchrun with
-    ``Distributed.strategy`` "ddp" or "fsdp", ``train.batch_size`` is the global batch (split
-    evenly over the ranks), every rank reads its own data, the loss values the meta network sees
-    are global-batch values, checkpoints are sharded and only rank 0 logs. SIGTERM or SIGUSR1
-    makes every rank checkpoint at the next step boundary and return; ``resume`` continues from
-    the newest valid checkpoint (at the same or another world size, sharded checkpoints also in
-    one plain process).
-    """
-    run_dir = Path(run_dir)
-    check_run_directory(run_dir, resume)
-    settings, recipe = build.read_recipe()
-    parallel = build.construct("Distributed", gin.get_configurable("Distributed"))
-    check_paths(settings, needs_vocab=recipe.tokenizer is not None, splits=("train", "test"))
-    context = init_distributed(parallel)
-    try:
-        trainer = Trainer(run_dir, resume, settings, recipe, parallel, context)
-        trainer.prepare(command_line_bindings)
-        return trainer.run()
-    finally:
-        shutdown_distributed()
+METRICS, STEPS = "metrics.jsonl", "analysis/steps.jsonl"
 
 
 class Trainer:
@@ -140,8 +97,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- preparation
 
-    def prepare(self, command_line_bindings: Sequence[str]) -> None:
+    def prepare(self, command_line_bindings: Sequence[str], lock: RunDirectoryLock) -> None:
         settings, recipe = self.settings, self.recipe
+        checkpoints = self.run_dir / "checkpoints"
+        # --resume of a run that stopped before its first checkpoint starts it again.
+        restoring = self.resume and bool(saved_checkpoints(checkpoints))
+        if self.resume and not restoring and self.context.is_main:
+            print(f"--resume: {checkpoints} holds no checkpoint yet: starting the run from step 0")
         _seed_everything(settings.seed)
         self.components = build.build(settings, recipe)
         if self.components.meta_loss is None:
@@ -149,7 +111,7 @@ class Trainer:
                 "the loss source has no 'tasks' attribute: give it one (the task names, primary "
                 "first), so the meta loss can be built before training"
             )
-        if not self.resume:
+        if not restoring:
             report = build.load_initial_checkpoint(self.components)
             if report is not None and self.context.is_main:
                 print(f"loaded {settings.checkpoint}: {report.summary()}")
@@ -158,22 +120,17 @@ class Trainer:
         self.model = build.construct(
             "Distributed", wrap_model, self.model, self.context, self.parallel
         )
-        self._build_learner()
-        self.checkpointer = Checkpointer(
-            self.run_dir / "checkpoints", self.sharded, self.context.is_main
+        self.learner, self.schedule = build.build_learner(
+            self.recipe, self.settings, self.model, self.meta_loss, self.parallel.strategy
         )
+        self.state = TrainingState(self.model, self.learner, self.schedule)
+        self.checkpointer = Checkpointer(checkpoints, self.sharded, self.context.is_main)
         self.task = self.components.task
 
-        self.progress, rng = Progress(), None
-        if self.resume:
-            try:
-                self.progress, rng, used = resume(
-                    self.run_dir / "checkpoints", self.state, self.sharded
-                )
-            except CheckpointError as error:
-                raise ConfigError(str(error)) from None
-            if self.context.is_main:
-                print(f"resuming from {used} at step {self.progress.step}")
+        self.progress, self.resumed = Progress(), None
+        if restoring:
+            self.resumed = self._restore(checkpoints)
+            self.progress = self.resumed.progress
         self.selection = f"{self.eval_splits[0]}/{self.task.selection_metric}"
         self.progress.best_metric = self.selection
         # The loader is started before the RNG states are restored: starting it may draw from
@@ -181,43 +138,29 @@ class Trainer:
         self.batches = self._training_batches()
         check_command_line_bindings(command_line_bindings)
         warn_unused_file_bindings()
+        if self.resumed is not None:
+            changed = check_resumed_settings(
+                (self.run_dir / "config.gin").read_text(), self.progress.step
+            )
+            if changed and self.context.is_main:
+                print("--resume applies the changed settings: " + changed)
         self.first_batch = next(self.batches)
-        if rng is not None:
-            restore_rng_state(rng)
-        self._create_run_directory()
+        if self.resumed is not None:
+            restore_rng_state(self.resumed.rng)
+        self._create_run_directory(lock)
 
-    def _build_learner(self) -> None:
-        recipe, settings = self.recipe, self.settings
-        optimizer = build.construct("Recipe.optimizer", recipe.optimizer, self.model.parameters())
-        meta_optimizer = (
-            None
-            if recipe.meta_optimizer is None
-            else build.construct(
-                "Recipe.meta_optimizer", recipe.meta_optimizer, self.meta_loss.parameters()
-            )
-        )
-        schedule = build.construct(
-            "Recipe.schedule", recipe.schedule, optimizer, total_steps=settings.steps
-        )
-        loss_source = recipe.loss_source
-        learner = build.construct(
-            "Recipe.learner",
-            recipe.learner,
-            model=self.model,
-            meta_loss=self.meta_loss,
-            loss_source=reduced_loss_source(loss_source) if self.sharded else loss_source,
-            optimizer=optimizer,
-            meta_optimizer=meta_optimizer,
-            **({"reduce": mean_over_ranks} if self.sharded else {}),
-        )
+    def _restore(self, checkpoints: Path) -> Resumed:
+        """The newest valid checkpoint restored into the run; ConfigError naming every file (and
+        the settings changed since, a likely reason) when none fits."""
         try:
-            check_meta_learning_supported(
-                self.parallel.strategy, learner.products.name, learner.solver, learner.aggregate
-            )
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-        self.learner, self.schedule = learner, schedule
-        self.state = TrainingState(self.model, learner, schedule)
+            resumed = resume(checkpoints, self.state, self.sharded)
+        except CheckpointError as error:
+            changed = changed_settings((self.run_dir / "config.gin").read_text())
+            hint = f"; settings changed since it was saved: {changed}" if changed else ""
+            raise ConfigError(f"{error}{hint}") from None
+        if self.context.is_main:
+            print(f"resuming from {resumed.used} at step {resumed.progress.step}")
+        return resumed
 
     def _training_batches(self) -> Iterator[dict]:
         loader = build.construct(
@@ -247,15 +190,22 @@ class Trainer:
             view=view,
         )
 
-    def _create_run_directory(self) -> None:
+    def _create_run_directory(self, lock: RunDirectoryLock) -> None:
+        """Claim the run directory (``RunDirectoryLock``), set aside the checkpoints a resume
+        skipped, write ``config.gin`` and open the logs (a resumed run's cut back to its
+        checkpoint's step)."""
         if not self.context.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(fresh=not self.resume)
+        for saved, reason in self.resumed.skipped if self.resumed is not None else []:
+            print(f"set aside {saved.path} ({reason}): {set_aside(saved, 'unusable')}")
         config_text = gin.operative_config_str()
         (self.run_dir / "config.gin").write_text(config_text)
+        tail = self.progress.log_tail
         if self.resume:
-            truncate_jsonl(self.run_dir / "metrics.jsonl", after_step=self.progress.step)
-        self.steps = StepLog(self.run_dir, self.progress.step if self.resume else None)
+            truncate_jsonl(self.run_dir / METRICS, self.progress.step, tail.get(METRICS))
+        resume_after = self.progress.step if self.resume else None
+        self.steps = StepLog(self.run_dir, resume_after, tail.get(STEPS))
         self.log = RunLog(
             self.run_dir, config_to_dict(config_text), self.run_dir.name, self.progress.wandb_run_id
         )
@@ -305,9 +255,9 @@ class Trainer:
                 try:
                     values = learner.step(_to_device(batch, self.device))
                 except NonFiniteParametersError as error:
-                    raise TrainingStopped(
-                        f"{error}; stopped at step {progress.step + 1} without saving: the last "
-                        f"good checkpoint is in {self.run_dir / 'checkpoints'}"
+                    raise self._stopped(
+                        f"{error}; the run stopped at step {progress.step + 1}",
+                        last_applied=progress.step - learner.consecutive_skips,
                     ) from None
                 self.schedule.step()
                 progress.step += 1
@@ -333,23 +283,60 @@ class Trainer:
                 if step % settings.eval_every == 0 or step == settings.steps:
                     final_metrics = self._evaluate_and_select(step)
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    self.checkpointer.save("last", self.state, progress)
+                    self._save("last")
                 elif preemption.stop_requested():
-                    self.checkpointer.save("last", self.state, progress)
+                    if not self._save("last") and self.context.is_main:
+                        print(f"the state of step {step} is not saved (see the warning above)")
                     break
         return self._finish(final_metrics)
 
+    def _save(self, name: str) -> bool:
+        """Save checkpoint ``name`` (a collective in a sharded run) when the run is healthy
+        (``meltr.train.divergence``), with the logs made durable first and their last records
+        kept in it (``Progress.log_tail``: a torn last line is restored on resume); else warn
+        why not. Returns whether it was saved."""
+        learner = self.learner
+        reason = unhealthy_reason(learner.consecutive_skips, learner.last_skip)
+        if reason is not None:
+            if self.context.is_main:
+                warnings.warn(
+                    f"step {self.progress.step}: the {name} checkpoint is not saved: {reason}; "
+                    "the last good checkpoint is kept",
+                    stacklevel=2,
+                )
+            return False
+        tail = {}
+        for path, log in ((METRICS, self.log), (STEPS, self.steps)):
+            if log is not None:
+                log.sync()
+                if log.last_record is not None:
+                    tail[path] = log.last_record
+        self.progress.log_tail = tail or self.progress.log_tail
+        self.checkpointer.save(name, self.state, self.progress)
+        return True
+
     def _check_skips(self, skips: SkipWarnings, step: int) -> None:
         skips.warn_new(step, self.learner.skipped, self.learner.last_skip)
-        limit = self.settings.max_consecutive_skips
-        if self.learner.consecutive_skips >= limit:
-            raise TrainingStopped(
-                f"{self.learner.consecutive_skips} inner updates in a row were skipped for "
-                f"non-finite values (train.max_consecutive_skips = {limit}; last: "
-                f"{self.learner.last_skip}); the run diverged and stopped at step {step}. The "
-                f"last good checkpoint is in {self.run_dir / 'checkpoints'} (nothing was saved "
-                "over it); lower the learning rates or check the data"
+        limit, skipped = self.settings.max_consecutive_skips, self.learner.consecutive_skips
+        if skipped >= limit:
+            raise self._stopped(
+                f"{skipped} inner updates in a row were skipped for non-finite values "
+                f"(train.max_consecutive_skips = {limit}; last: {self.learner.last_skip}): the "
+                f"run diverged at step {step - skipped + 1} and stopped at step {step}",
+                last_applied=step - skipped,
             )
+
+    def _stopped(self, what: str, last_applied: int) -> TrainingStopped:
+        """The error that stops a diverged run, once its checkpoints from ``last_applied`` (the
+        step of the last applied update) on are set aside (``keep_good_checkpoints``)."""
+        kept = ""
+        if self.context.is_main:
+            kept = keep_good_checkpoints(self.run_dir / "checkpoints", last_applied) + ". "
+        return TrainingStopped(
+            f"{what}. No checkpoint was saved after step {last_applied}, the last applied "
+            f"update. {kept}Lower the learning rates (or check the data) and continue with "
+            "--resume, e.g. --resume --backbone/AdamW.lr=..."
+        )
 
     def _health_monitor(self) -> HealthMonitor:
         """The health checks of this run; their state lives in (and resumes from) the progress."""
@@ -368,20 +355,24 @@ class Trainer:
         )
 
     def _evaluate_and_select(self, step: int) -> dict[str, float]:
+        """Evaluate; a new best is selected (and saved) only in a healthy state."""
         progress = self.progress
         try:
             metrics = self.evaluate()
         except BaseException:
-            self.checkpointer.save("last", self.state, progress)  # no training step is lost
+            self._save("last")  # no training step is lost
             raise
         self._log(step, metrics)
         if self.steps is not None:
             self.steps.flush()
             self.steps.snapshot(step, self.meta_loss, self.learner.keys or [])
-        if is_better(metrics[self.selection], progress.best_value, self.task.higher_is_better):
+        healthy = self.learner.consecutive_skips == 0
+        if healthy and is_better(
+            metrics[self.selection], progress.best_value, self.task.higher_is_better
+        ):
             progress.best_value, progress.best_step = metrics[self.selection], step
             progress.best_metrics = dict(metrics)
-            self.checkpointer.save("best", self.state, progress)
+            self._save("best")
         return metrics
 
     def _log(self, step: int, values: Mapping[str, float]) -> None:

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 import torch
 import wandb
 
+from meltr.atomic_files import write_text_atomically
+
 
 def wandb_mode() -> str:
     """``WANDB_MODE`` if set, else ``online`` with credentials and ``offline`` without."""
@@ -49,6 +51,7 @@ class RunLog:
         resume_id: str | None = None,
     ):
         self.path = run_dir / "metrics.jsonl"
+        self.last_record: dict | None = None  # the newest record, as the file holds it
         self._wandb = wandb.init(
             dir=str(run_dir),
             config=dict(config),
@@ -64,10 +67,17 @@ class RunLog:
         return self._wandb.id
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
-        record = {"step": step, **{key: _finite_or_none(value) for key, value in values.items()}}
+        line = _json_line(step, values)
         with self.path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+            file.write(line)
+        self.last_record = json.loads(line)
         self._wandb.log(dict(values), step=step)
+
+    def sync(self) -> None:
+        """Make every record logged so far durable (before a checkpoint is saved)."""
+        if self.path.exists():
+            with self.path.open("a") as file:
+                os.fsync(file.fileno())
 
     def finish(self) -> None:
         self._wandb.finish()
@@ -76,6 +86,12 @@ class RunLog:
 def _finite_or_none(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _json_line(step: int, values: Mapping[str, float]) -> str:
+    """One record as a line of a JSON-lines file (non-finite values as ``null``)."""
+    record = {"step": step, **{key: _finite_or_none(value) for key, value in values.items()}}
+    return json.dumps(record) + "\n"
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -98,13 +114,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def truncate_jsonl(path: str | os.PathLike, after_step: int) -> None:
+def truncate_jsonl(path: str | os.PathLike, after_step: int, tail: dict | None = None) -> None:
     """Drop the records of steps after ``after_step`` (logged by a run that then crashed before
-    its next checkpoint), so a resumed run's file has each step once."""
+    its next checkpoint), so a resumed run's file has each step once.
+
+    ``tail`` is the last record the file held when the checkpoint of ``after_step`` was saved
+    (the checkpoint keeps it): when the file's copy of it is lost (a torn last line, dropped by
+    ``read_jsonl``), it is written back. The file is replaced atomically.
+    """
     path = Path(path)
-    if path.exists():
-        kept = [record for record in read_jsonl(path) if record["step"] <= after_step]
-        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    if not path.exists():
+        return
+    kept = [record for record in read_jsonl(path) if record["step"] <= after_step]
+    if tail is not None and tail["step"] <= after_step and kept[-1:] != [tail]:
+        warnings.warn(
+            f"{path}: the record of step {tail['step']} was torn; restored from the checkpoint",
+            stacklevel=2,
+        )
+        kept.append(tail)
+    write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -118,20 +146,29 @@ class StepLog:
     ``tools/analyze.py``; and ``analysis/meta_loss/step-XXXXXXXX.pt``, snapshots of the meta
     network (``{"state_dict", "tasks"}``) taken at every evaluation."""
 
-    def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, resume_after: int | None = None, tail: dict | None = None
+    ) -> None:
         self.directory = run_dir / "analysis"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "steps.jsonl"
         if resume_after is not None:
-            truncate_jsonl(self.path, resume_after)
+            truncate_jsonl(self.path, resume_after, tail)
+        self.last_record: dict | None = None  # the newest record, as the file holds it
         self._file = self.path.open("a")
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
-        record = {"step": step, **{key: _finite_or_none(value) for key, value in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
+        line = _json_line(step, values)
+        self._file.write(line)
+        self.last_record = json.loads(line)
 
     def flush(self) -> None:
         self._file.flush()
+
+    def sync(self) -> None:
+        """Make every record logged so far durable (before a checkpoint is saved)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def snapshot(self, step: int, meta_loss: torch.nn.Module, tasks: list[str]) -> Path:
         path = self.directory / "meta_loss" / f"step-{step:08d}.pt"

@@ -12,8 +12,11 @@ ranks share)::
     <checkpoints>/latest  the name of the newest complete checkpoint
 
 A save writes into ``.step-00000120.tmp`` and renames it when every rank has finished, so a crash
-mid-save leaves the previous checkpoint as ``latest``. Loading works at any world size: DCP reshards
-model and optimizer; rank-local batches can be re-split with ``reslice_batches``.
+mid-save leaves the previous checkpoint as ``latest``; the next save removes what a killed save
+left. A write that fails on one rank (a full disk) fails the save on every rank, with an OSError
+of the same errno, instead of leaving the others waiting at the next collective. Loading works at
+any world size: DCP reshards model and optimizer; rank-local batches can be re-split with
+``reslice_batches``.
 
 ``meltr.train.checkpointing`` puts a training run into this layout.
 """
@@ -33,12 +36,16 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from meltr.atomic_files import write_text_atomically
+from meltr.train.single_file import save_to_file
 
 LATEST = "latest"
 INFO = "info.json"
@@ -91,21 +98,31 @@ def save_sharded(
     staging = root / f".{final.name}.tmp"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in root.glob(".step-*.tmp"):  # left by a killed or failed save
+            shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir()
     _barrier()
 
-    dcp.save(get_model_state_dict(model), checkpoint_id=staging / "model")
-    dcp.save(get_optimizer_state_dict(model, optimizer), checkpoint_id=staging / "optimizer")
-    torch.save(dict(rank_state), staging / _rank_file(rank))
-    if rank == 0:
-        torch.save(dict(replicated_state), staging / REPLICATED)
-    _barrier()
+    failure = None
+    try:
+        dcp.save(get_model_state_dict(model), checkpoint_id=staging / "model")
+        dcp.save(get_optimizer_state_dict(model, optimizer), checkpoint_id=staging / "optimizer")
+        _save_file(dict(rank_state), staging / _rank_file(rank))
+        if rank == 0:
+            _save_file(dict(replicated_state), staging / REPLICATED)
+    except OSError as error:  # this rank's files (a full disk, ...)
+        failure = error
+    except CheckpointException as error:  # DCP's, raised on every rank alike
+        causes = [cause for cause, _ in error.failures.values()]
+        failure = next((c for c in causes if isinstance(c, OSError)), None)
+        if failure is None:  # torch's writer hides the errno: "unexpected pos ..."
+            failure = OSError(0, f"DCP could not write the shards: {causes[0]!r}", str(staging))
+    _raise_on_every_rank(failure, staging)
 
     if rank == 0:
         (staging / INFO).write_text(json.dumps({"step": step, "world_size": world_size}))
         _replace_directory(staging, final)
-        _write_atomically(root / LATEST, final.name)
+        write_text_atomically(root / LATEST, final.name)
         _prune(root, keep)
     _barrier()
     return final
@@ -123,16 +140,26 @@ def latest_sharded(checkpoints: str | os.PathLike) -> Path | None:
     return complete[-1] if complete else None
 
 
+def read_info(checkpoint: str | os.PathLike) -> dict[str, int]:
+    """A complete checkpoint's ``info.json``: ``{"step", "world_size"}``. FileNotFoundError when
+    the checkpoint is incomplete, ValueError when the file is damaged (both name it)."""
+    info_file = Path(checkpoint) / INFO
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint: {INFO} is missing")
+    try:
+        info = json.loads(info_file.read_text())
+        return {"step": int(info["step"]), "world_size": int(info["world_size"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{info_file} is damaged: {error!r}") from error
+
+
 def load_sharded(
     checkpoint: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> LoadedCheckpoint:
     """Fill ``model`` and ``optimizer`` (wrapped as in the current run, any world size) from
     ``checkpoint`` in place and return the rest of its state. A collective: call on every rank."""
     path = Path(checkpoint)
-    info_file = path / INFO
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint: {INFO} is missing")
-    info = json.loads(info_file.read_text())
+    info = read_info(path)
 
     model_state = get_model_state_dict(model)
     dcp.load(model_state, checkpoint_id=path / "model")
@@ -223,6 +250,11 @@ def _slice(batch: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
     }
 
 
+def _save_file(obj: Any, path: Path) -> None:
+    with open(path, "wb") as file:
+        save_to_file(obj, file)
+
+
 def _rank_file(rank: int) -> str:
     return f"rank-{rank:05d}.pt"
 
@@ -232,6 +264,28 @@ def rank_and_world_size() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _raise_on_every_rank(failure: OSError | None, staging: Path) -> None:
+    """Raise ``failure`` (an OSError of one rank's write) on every rank, so that no rank waits at
+    the next collective for one that has left; the ranks without one raise an OSError of the same
+    errno naming ``staging``. A collective; returns when no rank failed."""
+    if not dist.is_initialized():
+        if failure is not None:
+            raise failure
+        return
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
+    code = torch.tensor([0 if failure is None else (failure.errno or -1)], device=device)
+    # MAX over ranks: any failure (errno > 0, or -1 without one) is non-zero on every rank
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)
+    if failure is not None:
+        raise failure
+    if int(code.item()):
+        number = int(code.item())
+        message = os.strerror(number) if number > 0 else "a write failed"
+        raise OSError(number, f"{message} (on another rank)", str(staging))
 
 
 def _barrier() -> None:
@@ -250,12 +304,6 @@ def _replace_directory(source: Path, target: Path) -> None:
         shutil.rmtree(displaced)
     else:
         source.rename(target)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def _prune(root: Path, keep: int) -> None:

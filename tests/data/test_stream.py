@@ -1,4 +1,6 @@
 import json
+import shutil
+import tarfile
 import warnings
 
 import pytest
@@ -218,6 +220,38 @@ def test_corrupt_train_samples_are_skipped_counted_and_named(dataset):
     two_workers = take(train(dataset, "corrupt", num_workers=2), 12)
     assert sum(batch["num_corrupt"] for batch in two_workers) > 0
     assert all((len(b["video_id"]) + b["num_corrupt"]) % 3 == 0 for b in two_workers)
+
+
+@pytest.mark.parametrize("cut", ["at_a_sample_boundary", "inside_a_member"])
+def test_a_truncated_shard_counts_its_unreadable_rest(dataset, tmp_path, cut):
+    # train-000000 holds v0..v4 (json then mp4 member each); cut it after v1: the rest (v2, v3,
+    # v4) is lost and counts as one corrupt sample per pass, also when tar sees no error.
+    truncated = tmp_path / "truncated"
+    shutil.copytree(dataset["clean"], truncated)
+    shard = truncated / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        offset = tar.getmembers()[4].offset  # v2's first member
+    shard.write_bytes(shard.read_bytes()[: offset + (700 if cut == "inside_a_member" else 0)])
+    dataset = {**dataset, "truncated": truncated}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # a pass is 7 raw samples (v0, v1, the lost rest, w0..w3): one batch of 7 per pass
+        batches = take(train(dataset, "truncated", batch_size=7, shuffle_buffer=1), 3)
+    assert [batch["num_corrupt"] for batch in batches] == [1, 1, 1]
+    assert all(
+        sorted(batch["video_id"]) == ["v0", "v1", "w0", "w1", "w2", "w3"] for batch in batches
+    )
+    assert any("train-000000.tar" in str(w.message) for w in caught)
+
+    test_shard = truncated / "test-000001.tar"  # t2, t3: cut after t2
+    with tarfile.open(test_shard) as tar:
+        offset = tar.getmembers()[2].offset
+    test_shard.write_bytes(test_shard.read_bytes()[:offset])
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        evaluated = list(evaluate(dataset, "truncated"))
+    assert sum(batch["num_corrupt"] for batch in evaluated) == 1
+    assert ("t3", 0) not in pairs(evaluated) and ("t2", 0) in pairs(evaluated)
 
 
 def expected_pairs():

@@ -206,8 +206,14 @@ def test_ensure_reuses_a_matching_cache_and_replaces_another(tmp_path):
     replaced = ensure_synthetic_dataset(tmp_path, seed=9, **TINY | dict(num_train=1))
     assert json.load(open(replaced["manifest"]))["arguments"]["seed"] == 9
     assert len(replaced["train"]) == 1
-    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "test-000000.tar", "test-000001.tar",
-                                            "train-000000.tar", "vocab.txt"]  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == [
+        "conversion.json",
+        "manifest.json",
+        "test-000000.tar",
+        "test-000001.tar",
+        "train-000000.tar",
+        "vocab.txt",
+    ]
 
 
 def test_ensure_completes_a_dataset_with_a_lost_shard_keeping_the_others(tmp_path):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import meltr
+from meltr.train import sharded
 from meltr.train.cli import main
 
 
@@ -24,3 +26,18 @@ def cli_worker(args: list[str], signal_rank: int | None, signal_at_step: int | N
         meltr.MetaLearner.step = step_with_signal
     if main(args) != 0:
         raise RuntimeError(f"tools/train.py {' '.join(args)} failed")
+
+
+def killed_while_saving_worker(args: list[str], step: int) -> None:
+    """``tools/train.py args`` on this rank, killed (SIGKILL, as by the kernel or a scheduler's
+    kill -9) in the middle of writing the checkpoint of ``step``: after its DCP shards and its
+    own file, before the checkpoint is complete."""
+    write_file = sharded._save_file
+
+    def write_then_die(obj, path: Path) -> None:
+        write_file(obj, path)
+        if path.parent.name == f".step-{step:08d}.tmp" and path.name.startswith("rank-"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sharded._save_file = write_then_die
+    main(args)

@@ -3,6 +3,7 @@ compares into ``out_dir / f"rank{rank}.pt"``."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ import meltr
 from meltr.backbones.allinone.losses import AllInOneRetrievalLoss
 from meltr.backbones.allinone.model import AllInOne
 from meltr.backbones.losses import gather_across_ranks
+from meltr.train import sharded
 from meltr.train.distributed import (
     Distributed,
     assert_replicated,
@@ -111,6 +113,33 @@ def checkpoint_worker(config: Distributed, out_dir: Path, save_after: int, total
     )
     history += train_steps(model, optimizer, range(save_after, total), rank, world_size)
     torch.save({"history": history}, out_dir / f"rank{rank}.pt")
+    shutdown_distributed()
+
+
+def full_disk_worker(config: Distributed, out_dir: Path, full_rank: int) -> None:
+    """Save a checkpoint while rank ``full_rank`` finds its disk full (the write of its own file
+    raises ENOSPC); record what each rank raised, then save again with room."""
+    context = init_distributed(config)
+    model = wrap_model(make_model(), context, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    train_steps(model, optimizer, range(1), context.rank, context.world_size)
+    write_file = sharded._save_file
+
+    def write_on_a_full_disk(obj, path):
+        if path.name.startswith("rank-"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_file(obj, path)
+
+    raised = None
+    if context.rank == full_rank:
+        sharded._save_file = write_on_a_full_disk
+    try:
+        save_sharded(out_dir / "checkpoints", 1, model, optimizer, {"step": 1}, {})
+    except OSError as error:
+        raised = {"errno": error.errno, "message": str(error)}
+    sharded._save_file = write_file
+    save_sharded(out_dir / "checkpoints", 2, model, optimizer, {"step": 2}, {})  # with room
+    torch.save({"raised": raised}, out_dir / f"rank{context.rank}.pt")
     shutdown_distributed()
 
 

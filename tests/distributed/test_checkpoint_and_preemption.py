@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import signal
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_toy import global_batch, local_slice, make_model
-from dist_workers import checkpoint_worker, preemption_worker, train_steps
+from dist_workers import checkpoint_worker, full_disk_worker, preemption_worker, train_steps
 
 from meltr.solvers import ConjugateGradient, Identity, Neumann, StocBIO, Unrolled
 from meltr.train.distributed import Distributed, check_meta_learning_supported, spawn_local_ranks
@@ -92,6 +93,17 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):
     assert latest_sharded(tmp_path).name == "step-00000004"
     with pytest.raises(FileNotFoundError, match="info.json"):
         load_sharded(crashed, model, optimizer)
+
+
+def test_a_full_disk_on_one_rank_fails_the_save_on_every_rank_and_the_next_save_works(tmp_path):
+    spawn_local_ranks(full_disk_worker, 2, Distributed(strategy="fsdp"), tmp_path, 1)
+    raised = [torch.load(tmp_path / f"rank{r}.pt")["raised"] for r in range(2)]
+    assert [error["errno"] for error in raised] == [errno.ENOSPC, errno.ENOSPC]
+    assert "on another rank" in raised[0]["message"]  # rank 0's disk had room; rank 1's not
+    assert "No space left on device" in raised[1]["message"]
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000002"]
+    assert not list(checkpoints.glob(".step-*.tmp"))  # the failed save's staging was removed
 
 
 def test_ranks_agree_to_stop_at_the_step_one_of_them_was_signalled(tmp_path):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_cli_worker import cli_worker
+from dist_cli_worker import cli_worker, killed_while_saving_worker
+from torch.multiprocessing import ProcessExitedException
 
 import meltr
 from meltr.data.synthetic import ensure_synthetic_dataset
@@ -85,6 +86,17 @@ def quiet_wandb(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_fsdp(tiny_args, tmp_path_factory):
+    """The run on two FSDP ranks, never interrupted (shared by the tests that resume one)."""
+    run = tmp_path_factory.mktemp("fsdp") / "uninterrupted"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        patch.chdir(REPO)
+        spawn_local_ranks(cli_worker, 2, tiny_args(run, "fsdp"), None, None)
+    return run
+
+
 def export_last(run: Path, output: Path, with_learner: bool) -> Path:
     spec = importlib.util.spec_from_file_location("export", REPO / "tools" / "export_checkpoint.py")
     export = importlib.util.module_from_spec(spec)
@@ -129,10 +141,8 @@ def test_sigterm_stops_one_process_at_a_step_boundary_and_resume_matches(tiny_ar
         assert torch.equal(resumed["model"][name], weight), name
 
 
-def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
-    uninterrupted = tmp_path / "uninterrupted"
-    spawn_local_ranks(cli_worker, 2, tiny_args(uninterrupted, "fsdp"), None, None)
-
+def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path, uninterrupted_fsdp):
+    uninterrupted = uninterrupted_fsdp
     interrupted = tmp_path / "interrupted"
     spawn_local_ranks(cli_worker, 2, tiny_args(interrupted, "fsdp"), 1, STOP_AT)
     checkpoint = latest_sharded(interrupted / "checkpoints" / "last")
@@ -175,6 +185,34 @@ def test_sigusr1_on_one_rank_stops_both_and_resume_matches(tiny_args, tmp_path):
     assert last["step"] == STEPS and last["learner"]["step_count"] == STEPS
     for name, weight in expected["model"].items():  # the same run, batch order aside
         torch.testing.assert_close(last["model"][name], weight, rtol=0.05, atol=0.05, msg=name)
+
+
+def test_ranks_killed_while_saving_leave_the_previous_checkpoint_and_resume_matches(
+    tiny_args, tmp_path, uninterrupted_fsdp
+):
+    run = tmp_path / "killed"
+    args = tiny_args(run, "fsdp") + ["--train.checkpoint_every=2"]
+    with pytest.raises(ProcessExitedException, match="SIGKILL"):
+        spawn_local_ranks(killed_while_saving_worker, 2, args, 4)
+    checkpoints = run / "checkpoints" / "last"
+    assert (checkpoints / ".step-00000004.tmp" / "rank-00000.pt").exists()  # the torn save
+    assert latest_sharded(checkpoints).name == "step-00000002"
+
+    spawn_local_ranks(cli_worker, 2, ["--output", str(run), "--resume"], None, None)
+    assert not list(checkpoints.glob(".step-*.tmp"))
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == [
+        "step-00000004",
+        f"step-{STEPS:08d}",
+    ]
+    expected = torch.load(
+        export_last(uninterrupted_fsdp, tmp_path / "a.pt", True), weights_only=True
+    )
+    resumed = torch.load(export_last(run, tmp_path / "b.pt", True), weights_only=True)
+    assert training_losses(run) == training_losses(uninterrupted_fsdp)
+    for name, weight in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
+    for name, weight in expected["learner"]["learner"]["meta_loss"].items():
+        assert torch.equal(resumed["learner"]["learner"]["meta_loss"][name], weight), name
 
 
 def test_distributed_run_refuses_double_backward_through_the_backbone(tiny_args, tmp_path, capsys):

@@ -3,6 +3,7 @@ metrics.jsonl, resuming, and configuration errors before anything is created."""
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -133,12 +134,18 @@ def test_a_repeated_command_keeps_finished_runs_and_resumes_an_unfinished_one(co
     kept = output / "multi-task" / "seed-1" / "results.json"
     kept_stamp, report = kept.stat().st_mtime_ns, json.loads(finished.read_text())
     finished.unlink()  # as if the run was stopped after its last checkpoint
+    # ... and one stopped before its first checkpoint (Ctrl-C): --resume starts it again
+    early = output / "multi-task" / "seed-0"
+    early_report = json.loads((early / "results.json").read_text())
+    (early / "results.json").unlink()
+    shutil.rmtree(early / "checkpoints")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
         assert main(argv) == 0
     assert kept.stat().st_mtime_ns == kept_stamp
     assert json.loads(finished.read_text())["best"] == report["best"]
     assert (output / "meltr" / "seed-0.log").read_text().count("run directory:") == 2
+    assert json.loads((early / "results.json").read_text()) == early_report
 
 
 def test_more_seeds_extend_a_finished_comparison(comparison):

@@ -1,3 +1,5 @@
+import errno
+import io
 import random
 
 import numpy as np
@@ -29,6 +31,45 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypa
     restored = torch.load(path, weights_only=True)
     assert restored["step"] == 1
     assert torch.equal(restored["weights"], torch.arange(4.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+class FullDisk:
+    """A file on a disk with ``room`` bytes left: a longer write raises ENOSPC, as the kernel's."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+
+def test_a_full_disk_raises_enospc_and_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"step": 1, "weights": torch.arange(4.0)}, path)
+    real_fdopen = single_file.os.fdopen
+    monkeypatch.setattr(
+        single_file.os, "fdopen", lambda *args: FullDisk(real_fdopen(*args), room=2000)
+    )
+    # torch.save itself turns the failed write into "RuntimeError: ... unexpected pos ..."
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        torch.save({"weights": torch.zeros(10_000)}, FullDisk(io.BytesIO(), room=2000))
+    with pytest.raises(OSError) as raised:
+        save_atomic({"step": 2, "weights": torch.zeros(10_000)}, path)
+    assert raised.value.errno == errno.ENOSPC
+    assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
 
 

@@ -139,8 +139,7 @@ def test_stop_and_resume_reaches_the_same_weights(tiny_args, tmp_path, monkeypat
 
     with monkeypatch.context() as patch:
         patch.setattr(meltr.MetaLearner, "step", crash_at_step_5)
-        with pytest.raises(KeyboardInterrupt):
-            main(tiny_args(interrupted))
+        assert main(tiny_args(interrupted)) == 130  # as Ctrl-C ends it
     assert torch.load(interrupted / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
 
     assert main(["--output", str(interrupted), "--resume"]) == 0  # config from the run's config.gin

@@ -2,7 +2,9 @@
 (exit 2 before anything is created) or a counted skip, and nothing is lost
 (docs/faults.md lists them with these tests)."""
 
+import errno
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -40,9 +42,20 @@ def test_an_exploding_meta_network_never_reaches_the_weights(tiny_args, tmp_path
     run = tmp_path / "run"
     args = tiny_args(run) + ["--meta/Adam.lr=1e30", "--MetaLearner.meta_every=1"]
     args += ["--train.steps=3", "--train.checkpoint_every=1", "--train.max_consecutive_skips=100"]
-    with pytest.warns(UserWarning, match="skipped"):
+    original_step = meltr.MetaLearner.step
+    learners = []
+
+    def remember_learner(self, batch):
+        learners.append(self)
+        return original_step(self, batch)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(UserWarning, match="skipped"):
+        patch.setattr(meltr.MetaLearner, "step", remember_learner)
         assert main(args) == 0
-    assert all_finite(run / "checkpoints" / "last.pt")
+    weights = list(learners[-1].model.parameters())
+    assert all(bool(torch.isfinite(weight).all()) for weight in weights)
+    for checkpoint in (run / "checkpoints").glob("*.pt"):  # only healthy states are saved
+        assert all_finite(checkpoint)
     record = [r for r in read_metrics(run) if "loss/itc" in r][-1]
     skipped = sum(value for key, value in record.items() if key.startswith("skipped/"))
     assert skipped >= 1  # the non-finite updates were counted, not applied
@@ -163,12 +176,22 @@ def test_only_corrupt_samples_stop_with_the_reasons(tiny_dataset, tiny_args, tmp
 # ---------------------------------------------------------------- 5. unreadable checkpoints
 
 
-@pytest.mark.parametrize("damage", ["truncate", "empty"])
-def test_resume_falls_back_to_the_newest_valid_checkpoint(tiny_args, tmp_path, capsys, damage):
+DAMAGE = {
+    "truncate": lambda data: data[:1000],
+    "empty": lambda data: b"",
+    "random": lambda data: random.Random(0).randbytes(len(data)),  # not a zip, not a pickle
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_resume_falls_back_to_the_newest_valid_checkpoint(
+    tiny_args, tmp_path, capsys, caplog, damage
+):
     run = tmp_path / "run"
     assert main(tiny_args(run) + ["--train.checkpoint_every=2", "--train.eval_every=6"]) == 0
     last = run / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[:1000] if damage == "truncate" else b"")
+    damaged = DAMAGE[damage](last.read_bytes())
+    last.write_bytes(damaged)
     stale = run / "checkpoints" / ".last.pt.dead.tmp"  # left behind by a killed save
     stale.write_bytes(b"partial")
     with (run / "metrics.jsonl").open("a") as file:
@@ -176,12 +199,15 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tiny_args, tmp_path, c
     capsys.readouterr()
     with pytest.warns(UserWarning, match="torn last line"):
         assert main(["--output", str(run), "--resume", "--train.steps=8"]) == 0
-    out = capsys.readouterr().out
-    # the newest valid one: best.pt (saved at step 6, before last.pt) or last.prev.pt (step 4)
-    assert "resuming from" in out and (
-        "best.pt at step 6" in out or "last.prev.pt at step 4" in out
-    )
+    # the valid checkpoint of the highest step: best.pt (step 6; last.prev.pt is at step 4)
+    assert f"resuming from {last.with_name('best.pt')} at step 6" in capsys.readouterr().out
+    reason = {"truncate": "central directory", "empty": "empty or truncated", "random": "corrupt"}
+    assert f"cannot resume from {last}" in caplog.text and reason[damage] in caplog.text
+    assert "trust_checkpoint_pickle" not in caplog.text
+    # the damaged file was set aside, not rotated into last.prev.pt or deleted
+    assert (run / "checkpoints" / "set_aside" / "last.pt.unusable").read_bytes() == damaged
     assert torch.load(last, weights_only=True)["step"] == 8
+    assert torch.load(last.with_name("last.prev.pt"), weights_only=True)["step"] == 4
     assert not stale.exists()
     steps = [record["step"] for record in read_metrics(run)]
     assert steps == sorted(steps) and steps.count(6) >= 1 and 7 not in steps
@@ -219,14 +245,98 @@ def test_bad_values_exit_2_before_any_directory(tiny_args, tmp_path, capsys, bin
     assert not run.exists()
 
 
+def test_a_gpu_device_without_cuda_and_an_output_file_exit_2(tiny_args, tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        assert main(tiny_args(run) + ["--train.device=cuda"]) == 2
+    assert "train.device = 'cuda', but this machine has no CUDA device" in capsys.readouterr().err
+    assert not run.exists()
+    run.write_text("notes")
+    assert main(tiny_args(run)) == 2
+    assert f"--output {run} is a file, not a directory" in capsys.readouterr().err
+    assert run.read_text() == "notes"
+
+
+def test_a_full_disk_during_a_save_exits_2_naming_the_intact_checkpoint(
+    tiny_args, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    original_save = torch.save
+
+    def save_until_the_disk_is_full(obj, file, *args, **kwargs):
+        # the checkpoints of step 3 (best, last) fit, those of step 6 do not (torch's own
+        # reporting of a failed write: tests/train/test_checkpoint.py)
+        if isinstance(obj, dict) and obj.get("step") == 6:
+            file.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_save(obj, file, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", save_until_the_disk_is_full)
+        assert main(tiny_args(run)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's warnings
+    last = run / "checkpoints" / "last.pt"
+    assert error.startswith("cannot write: cannot write the last checkpoint of step 6")
+    assert "No space left on device" in error and "MiB free there" in error
+    assert f"The last checkpoint, {last} (step 3), is intact" in error and "--resume" in error
+    assert torch.load(last, weights_only=True)["step"] == 3
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]  # no temp
+
+
 # ---------------------------------------------------------------- 8. evaluation
 
 
-def test_evaluating_an_empty_checkpoint_names_it(tiny_args, tmp_path, capsys):
-    empty = tmp_path / "empty.pt"
-    empty.write_bytes(b"")
+def recipe_args(tiny_args, tmp_path) -> list[str]:
+    """The tiny recipe without --output (for tools/evaluate.py)."""
     recipe = tiny_args(tmp_path / "run")
-    recipe = recipe[: recipe.index("--output")] + recipe[recipe.index("--output") + 2 :]
-    assert evaluate_main([*recipe, "--checkpoint", str(empty)]) == 2
-    error = capsys.readouterr().err
-    assert "empty.pt" in error and "empty or truncated" in error
+    return recipe[: recipe.index("--output")] + recipe[recipe.index("--output") + 2 :]
+
+
+class Pickled:
+    """A Python object a checkpoint may pickle (as Lightning checkpoints do)."""
+
+
+NOISE = random.Random(0).randbytes(4096)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty or truncated"),
+        (NOISE, "it is corrupt or not a checkpoint"),
+        (b"\x80\x04" + NOISE, "it is corrupt"),  # a pickle header, then garbage
+        ("pickled", "holds Python objects besides tensors"),
+    ],
+    ids=["empty", "random-bytes", "damaged-pickle", "pickled-object"],
+)
+def test_evaluating_an_unreadable_checkpoint_names_it_and_why(
+    tiny_args, tmp_path, capsys, content, message
+):
+    checkpoint = tmp_path / "checkpoint.pt"
+    if content == "pickled":
+        torch.save({"state_dict": {}, "hyper_parameters": Pickled()}, checkpoint)
+    else:
+        checkpoint.write_bytes(content)
+    assert evaluate_main([*recipe_args(tiny_args, tmp_path), "--checkpoint", str(checkpoint)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # one line, after any warning
+    assert (
+        error.startswith("configuration error:") and f"{checkpoint}" in error and message in error
+    )
+    # the advice to trust the file is for a file that really holds Python objects
+    assert ("trust_checkpoint_pickle" in error) == (content == "pickled")
+
+
+def test_evaluating_a_checkpoint_of_another_size_names_the_keys(tiny_args, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_args(run) + ["--train.steps=1"]) == 0
+    wider = [
+        arg.replace("AllInOne.width=32", "AllInOne.width=64")
+        for arg in recipe_args(tiny_args, tmp_path)
+    ]
+    last = run / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    assert evaluate_main([*wider, "--checkpoint", str(last)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("configuration error:") and f"{last} does not fit this model" in error
+    assert "text_embeddings.word_embeddings.weight (80, 32) vs (80, 64) in the model" in error
