@@ -13,9 +13,11 @@ from bert_tiny import CONFIG, WORDS, hf_bert_state, write_tiny_bert
 
 from meltr.data.text_classification import convert_text_classification
 from meltr.train.cli import main
+from meltr.train.distributed import spawn_local_ranks
 from meltr.train.evaluate_cli import main as evaluate_main
 from meltr.train.inspect_cli import main as inspect_main
 from meltr.train.run_log import read_metrics
+from meltr.train.sharded import latest_sharded
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPE = "gin/bert_rotten_tomatoes_quick.gin"
@@ -89,6 +91,20 @@ def test_the_quick_recipe_trains_with_meltr_evaluates_and_inspects(data, tmp_pat
     report = json.loads(capsys.readouterr().out)
     assert report["missing"] == [] and report["unexpected"] == []
     assert report["model"] == "BertTextModel"
+    assert inspect_main([*recipe, "--checkpoint", str(bert)]) == 0  # the folder itself
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"] == f"{loaded} loaded, 7 missing, 0 unexpected, 0 adapted, 1 ignored"
+
+
+def test_the_quick_recipe_on_two_fsdp_ranks(data, tmp_path):
+    """The encoder layers sharded one by one, the word embeddings (read again by the tied MLM
+    decoder) in the root unit."""
+    bert = write_tiny_bert(tmp_path / "bert")
+    run = tmp_path / "run"
+    spawn_local_ranks(main, 2, [*arguments(data, bert, run), "--Distributed.strategy='fsdp'"])
+    results = json.loads((run / "results.json").read_text())
+    assert results["last"]["test/num_items"] == 12  # the two ranks' shares, once each
+    assert latest_sharded(run / "checkpoints" / "last").name == "step-00000004"
 
 
 @pytest.mark.parametrize("baseline", ["single_task", "mtl", "famo"])
