@@ -17,7 +17,7 @@ two classes (each named). The format is described in meltr/data/text_classificat
 import argparse
 import sys
 
-from meltr.data.text_classification import convert_text_classification
+from meltr.data.text_classification import plan_text_classification, write_text_classification
 
 
 def main() -> int:
@@ -36,9 +36,8 @@ def main() -> int:
     args = parser.parse_args()
     labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
     try:
-        plan = convert_text_classification(
+        plan = plan_text_classification(
             args.input,
-            args.out,
             args.text_column,
             args.label_column,
             args.group_column,
@@ -47,8 +46,8 @@ def main() -> int:
             args.test_size,
             args.train_size,
             args.seed,
-            args.samples_per_shard,
         )
+        write_text_classification(plan, args.out, args.samples_per_shard)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

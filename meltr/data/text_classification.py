@@ -56,7 +56,7 @@ class TextRow:
 
 @dataclass
 class TextPlan:
-    """What ``convert_text_classification`` writes, and what it left out."""
+    """What ``write_text_classification`` writes, and what it left out."""
 
     classes: list[str]
     splits: dict[str, list[TextRow]]
@@ -168,7 +168,7 @@ def plan_text_classification(
     train_size: float | None = None,
     seed: int = 0,
 ) -> TextPlan:
-    """What ``convert_text_classification`` writes (module docstring); reads and checks everything,
+    """What ``write_text_classification`` writes (module docstring); reads and checks everything,
     writes nothing. TextTableError naming the file and column for a table that cannot make a
     classification dataset (fewer than two classes, a requested label it lacks, an empty split)."""
     columns = [text_column, label_column] + ([group_column] if group_column else [])
@@ -263,26 +263,13 @@ def materialise_text(row: TextRow) -> Sample:
     return {"__key__": row.key, "json": record}
 
 
-def convert_text_classification(
-    path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    text_column: str,
-    label_column: str,
-    group_column: str | None = None,
-    labels: Sequence[str] | None = None,
-    val_size: float = 0.1,
-    test_size: float = 0.1,
-    train_size: float | None = None,
-    seed: int = 0,
-    samples_per_shard: int = 1000,
-) -> TextPlan:
-    """Write ``train-*.tar``, ``val-*.tar`` (when not empty), ``test-*.tar`` and ``classes.json``
-    into ``out_dir``; resumable (complete shards are kept). Returns the plan it wrote."""
-    plan = plan_text_classification(
-        path, text_column, label_column, group_column, labels, val_size, test_size, train_size, seed
-    )
+def write_text_classification(
+    plan: TextPlan, out_dir: str | os.PathLike, samples_per_shard: int = 1000
+) -> None:
+    """Write the ``plan`` (``plan_text_classification``) as ``train-*.tar``, ``val-*.tar`` (when
+    not empty), ``test-*.tar`` and ``classes.json`` into ``out_dir``; resumable (complete shards
+    are kept)."""
     for split, rows in plan.splits.items():
         if rows:
             write_shards(rows, materialise_text, out_dir, split, TextLabel, samples_per_shard)
     (Path(out_dir) / "classes.json").write_text(json.dumps(plan.classes) + "\n")
-    return plan

@@ -14,7 +14,7 @@ import pytest
 from meltr.data.decoders import TextLabel
 from meltr.data.stream import eval_loader
 from meltr.data.text import WordPieceTokenizer
-from meltr.data.text_classification import convert_text_classification, plan_text_classification
+from meltr.data.text_classification import plan_text_classification, write_text_classification
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = 'great fun dull awful film plot , and " a b'.split()
@@ -135,9 +135,10 @@ def test_tsv_jsonl_and_compressed_files_read_as_the_csv(tmp_path, name):
 
 def test_a_rerun_keeps_the_shards(tmp_path):
     table = write_table(tmp_path / "reviews.csv", reviews())
-    convert_text_classification(table, tmp_path / "o", "text", "category", samples_per_shard=5)
+    plan = plan_text_classification(table, "text", "category")
+    write_text_classification(plan, tmp_path / "o", samples_per_shard=5)
     first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o").glob("*.tar")}
-    convert_text_classification(table, tmp_path / "o", "text", "category", samples_per_shard=5)
+    write_text_classification(plan, tmp_path / "o", samples_per_shard=5)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o").glob("*.tar")} == first
 
 

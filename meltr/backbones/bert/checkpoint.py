@@ -19,8 +19,9 @@ from meltr.backbones.bert.folder import read_config, weights_file
 from meltr.backbones.checkpoint import (
     CheckpointReadError,
     LoadReport,
+    copy_matching,
     read_state_dict,
-    shape_mismatch,
+    rename_layer_norm,
     strip_prefixes,
 )
 
@@ -32,7 +33,6 @@ IGNORED = {
     "cls.predictions.decoder.weight": f"the MLM decoder is tied to {WORD_EMBEDDINGS}",
     "cls.predictions.decoder.bias": "the same tensor as cls.predictions.bias",
 }
-TF_NAMES = {".gamma": ".weight", ".beta": ".bias"}
 
 
 def read_weights(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
@@ -47,12 +47,10 @@ def read_weights(path: Path, trust_pickle: bool) -> dict[str, Tensor]:
 
 
 def _renamed(key: str, report: LoadReport) -> str:
-    for old, new in TF_NAMES.items():
-        if key.endswith(old) and "LayerNorm" in key:
-            renamed = key[: -len(old)] + new
-            report.adapted[renamed] = f"renamed from {key}"
-            return renamed
-    return key
+    renamed = rename_layer_norm(key)
+    if renamed != key:
+        report.adapted[renamed] = f"renamed from {key}"
+    return renamed
 
 
 def load_bert_checkpoint(
@@ -87,15 +85,7 @@ def load_bert_checkpoint(
     if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
         state["cls.predictions.bias"] = state.pop("cls.predictions.decoder.bias")
         report.adapted["cls.predictions.bias"] = "taken from cls.predictions.decoder.bias"
-    own = model.state_dict()
     report.ignored = sorted(key for key in state if key in IGNORED)
-    report.unexpected = sorted(key for key in state if key not in own and key not in IGNORED)
-    to_load = {key: value for key, value in state.items() if key in own}
-    for key, value in to_load.items():
-        if value.shape != own[key].shape:
-            raise shape_mismatch(key, value, own[key])
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
-    report.missing = sorted(key for key in own if key not in to_load)
+    copy_matching(model, {k: v for k, v in state.items() if k not in IGNORED}, report)
     report.log(file)
     return report

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from bert_tiny import CONFIG, WORDS, hf_bert_state, write_tiny_bert
 
-from meltr.data.text_classification import convert_text_classification
+from meltr.data.text_classification import plan_text_classification, write_text_classification
 from meltr.train.cli import main
 from meltr.train.distributed import spawn_local_ranks
 from meltr.train.evaluate_cli import main as evaluate_main
@@ -53,9 +53,10 @@ def data(tmp_path_factory) -> Path:
         lines.append(f"m{i % 15},{'fresh' if i % 2 else 'rotten'},the film was {words[i % 3]}")
     (root / "reviews.csv").write_text("\n".join(lines) + "\n")
     out = root / "shards"
-    convert_text_classification(
-        root / "reviews.csv", out, "text", "category", "movie_name", val_size=12, test_size=12
+    plan = plan_text_classification(
+        root / "reviews.csv", "text", "category", "movie_name", val_size=12, test_size=12
     )
+    write_text_classification(plan, out)
     return out
 
 
