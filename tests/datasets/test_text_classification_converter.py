@@ -4,6 +4,7 @@ import bz2
 import csv
 import gzip
 import json
+import runpy
 import subprocess
 import sys
 from collections import Counter
@@ -58,6 +59,14 @@ def convert(*arguments: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def exit_code(monkeypatch, *arguments: str) -> int:
+    """The exit code of ``datasets/text_classification.py arguments``, run in this process."""
+    monkeypatch.setattr(sys, "argv", ["text_classification.py", *arguments])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / "datasets" / "text_classification.py"), run_name="__main__")
+    return stop.value.code
 
 
 def read_split(out: Path, split: str, tmp_path: Path) -> list[dict]:
@@ -154,7 +163,7 @@ def test_a_rerun_keeps_the_shards(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_tables_exit_2_naming_the_culprit_and_write_nothing(
-    tmp_path, rows, name, columns, culprit
+    tmp_path, monkeypatch, capsys, rows, name, columns, culprit
 ):
     path = tmp_path / name
     if rows is None:
@@ -164,20 +173,20 @@ def test_bad_tables_exit_2_naming_the_culprit_and_write_nothing(
     elif rows != "missing":
         write_table(path, rows)
     out = tmp_path / "out"
-    done = convert(
-        "--input", str(path), "--text-column", columns[0], "--label-column", columns[1],
-        "--out", str(out),
+    code = exit_code(
+        monkeypatch, "--input", str(path), "--text-column", columns[0],
+        "--label-column", columns[1], "--out", str(out),
     )  # fmt: skip
-    assert done.returncode == 2
-    assert culprit in done.stderr and str(path) in done.stderr
+    error = capsys.readouterr().err
+    assert code == 2 and culprit in error and str(path) in error
     assert not out.exists()
 
 
-def test_a_requested_label_the_table_lacks_is_named(tmp_path):
+def test_a_requested_label_the_table_lacks_is_named(tmp_path, monkeypatch, capsys):
     table = write_table(tmp_path / "reviews.csv", reviews())
-    done = convert(
-        "--input", str(table), "--text-column", "text", "--label-column", "category",
+    code = exit_code(
+        monkeypatch, "--input", str(table), "--text-column", "text", "--label-column", "category",
         "--labels", "fresh,splat", "--out", str(tmp_path / "out"),
     )  # fmt: skip
-    assert done.returncode == 2 and "no row labelled ['splat']" in done.stderr
+    assert code == 2 and "no row labelled ['splat']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
