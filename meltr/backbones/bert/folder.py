@@ -63,6 +63,17 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"cannot read {path}: {error}") from error
 
 
+def _valid(value: object, size: bool) -> bool:
+    """A size is an integer >= 1; a rate or an epsilon a number >= 0."""
+    if isinstance(value, bool):
+        return False
+    return (
+        isinstance(value, int) and value >= 1
+        if size
+        else isinstance(value, int | float) and value >= 0
+    )
+
+
 def read_config(path: str | PathLike) -> BertConfig:
     """The ``BertConfig`` of the checkpoint folder at (or holding) ``path``.
 
@@ -94,13 +105,7 @@ def read_config(path: str | PathLike) -> BertConfig:
         raise ValueError(f"{file}: {error}") from None
     for field in fields(BertConfig):
         value = getattr(config, field.name)
-        is_size = field.type == "int"
-        valid = (
-            isinstance(value, int) and value >= 1
-            if is_size
-            else isinstance(value, int | float) and value >= 0
-        )
-        if not valid or isinstance(value, bool):
+        if not _valid(value, size=field.type == "int"):
             raise ValueError(f"{file}: {field.name} = {value!r} is not a valid value")
     if config.hidden_size % config.num_attention_heads:
         raise ValueError(
@@ -136,16 +141,15 @@ def lowercases(folder: str | PathLike) -> bool:
     ``tokenizer_config.json``, else ``lowercase`` of ``tokenizer.json``'s normalizer, else True
     (the uncased BERTs)."""
     folder = Path(folder)
-    settings = folder / "tokenizer_config.json"
-    if settings.is_file():
-        value = _read_json(settings).get("do_lower_case")
+    for file, path in (
+        ("tokenizer_config.json", ("do_lower_case",)),
+        ("tokenizer.json", ("normalizer", "lowercase")),
+    ):
+        value = _read_json(folder / file) if (folder / file).is_file() else None
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, bool):
             return value
-    tokenizer = folder / "tokenizer.json"
-    if tokenizer.is_file():
-        normalizer = _read_json(tokenizer).get("normalizer") or {}
-        if isinstance(normalizer.get("lowercase"), bool):
-            return normalizer["lowercase"]
     return True
 
 
