@@ -134,6 +134,11 @@ class BertTextModel(nn.Module):
                 f"text_ids and text_mask must both be [B, L], got {tuple(text_ids.shape)} and "
                 f"{tuple(text_mask.shape)}"
             )
+        if text_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"texts of {text_ids.shape[1]} tokens exceed the checkpoint's "
+                f"max_position_embeddings = {self.config.max_position_embeddings}"
+            )
         hidden = self.encoder(self.embeddings(text_ids), text_mask.bool())
         if mode == "hidden":
             return {"hidden": hidden}

@@ -212,3 +212,6 @@ def test_weights_of_another_architecture_and_misfits_are_refused(tmp_path, folde
         bert_text_model(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="vocabulary has 7 tokens"):
         bert_text_model(str(folder), vocab_size=7)
+    ids, mask = encode(folder, length=CONFIG["max_position_embeddings"] + 1)
+    with pytest.raises(ValueError, match="25 tokens exceed the checkpoint's max_position"):
+        model(mode="embed", text_ids=ids, text_mask=mask)
