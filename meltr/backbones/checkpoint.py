@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from os import PathLike
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
+LAYER_NORM_RENAMES = {"gamma": "weight", "beta": "bias"}
 
 
 @dataclass
@@ -173,6 +174,29 @@ def strip_prefixes(key: str, prefixes: Iterable[str]) -> str:
             if key.startswith(prefix):
                 key, stripped = key[len(prefix) :], True
     return key
+
+
+def rename_layer_norm(key: str) -> str:
+    """``key`` with a last part ``gamma`` / ``beta`` (LayerNorm parameters in files converted
+    from TensorFlow) renamed ``weight`` / ``bias``, as Hugging Face's loaders do."""
+    *parents, name = key.split(".")
+    return ".".join([*parents, LAYER_NORM_RENAMES.get(name, name)])
+
+
+def copy_matching(model: nn.Module, state: Mapping[str, Tensor], report: LoadReport) -> None:
+    """Copy the tensors of ``state`` whose names ``model`` has into it, and add to ``report`` the
+    keys loaded, missing (model keys ``state`` lacks) and unexpected (``state`` keys the model
+    lacks). ``shape_mismatch`` naming key and both shapes when a tensor does not fit; nothing is
+    copied then."""
+    own = model.state_dict()
+    to_load = {key: value for key, value in state.items() if key in own}
+    for key, value in to_load.items():
+        if value.shape != own[key].shape:
+            raise shape_mismatch(key, value, own[key])
+    model.load_state_dict(to_load, strict=False)
+    report.loaded.extend(sorted(to_load))
+    report.missing.extend(sorted(key for key in own if key not in to_load))
+    report.unexpected.extend(sorted(key for key in state if key not in own))
 
 
 def shape_mismatch(key: str, value: Tensor, current: Tensor) -> ValueError:

@@ -465,6 +465,46 @@ class ImageLabel:
         return [self._item(sample, self._pixels(sample))]
 
 
+class TextLabel:
+    """Text + class label: member ``json`` ``{text_id: str, text: str, label: int}`` (converters
+    may add fields, e.g. ``class_name``).
+
+    Items: ``text_ids`` / ``text_mask`` int64 ``[L]``, ``label`` (int), ``text_id``, ``text``.
+    Nothing is random: training and evaluation items are the same (masking is a transform).
+    """
+
+    members = ("json",)
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @staticmethod
+    def check_record(record: dict) -> None:
+        _field(record, "text_id", str, "a string")
+        if not _field(record, "text", str, "a string").strip():
+            raise CorruptSampleError("json 'text' is empty")
+        if _field(record, "label", int, "an integer") < 0:
+            raise CorruptSampleError(f"json 'label' is {record['label']}, not >= 0")
+
+    def _item(self, sample: dict) -> dict:
+        record = _record(sample)
+        self.check_record(record)
+        ids, mask = _text(self.tokenizer, [record["text"]])
+        return {
+            "text_ids": ids[0],
+            "text_mask": mask[0],
+            "label": record["label"],
+            "text_id": record["text_id"],
+            "text": record["text"],
+        }
+
+    def train_item(self, sample: dict, generator: torch.Generator) -> dict:
+        return self._item(sample)
+
+    def eval_items(self, sample: dict, generator: torch.Generator, random_view: bool) -> list:
+        return [self._item(sample)]
+
+
 # ---------------------------------------------------------------- batches
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -14,9 +15,18 @@ IGNORE_INDEX = -100
 
 
 def _read_vocab(vocab_path: Path) -> dict[str, int]:
-    """`token -> id` from a BERT vocab file: one token per line, id = line number (from 0)."""
+    """`token -> id` from a BERT vocab file (one token per line, id = line number from 0) or from
+    the WordPiece model of a Hugging Face ``tokenizer.json`` (a ``.json`` path)."""
     if not vocab_path.is_file():
         raise FileNotFoundError(f"vocab file {vocab_path} does not exist")
+    vocab = _json_vocab(vocab_path) if vocab_path.suffix == ".json" else _lines_vocab(vocab_path)
+    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
+    if missing:
+        raise ValueError(f"vocab file {vocab_path} lacks the BERT special tokens {missing}")
+    return vocab
+
+
+def _lines_vocab(vocab_path: Path) -> dict[str, int]:
     tokens = vocab_path.read_text(encoding="utf-8").splitlines()
     vocab: dict[str, int] = {}
     for index, token in enumerate(tokens):
@@ -27,21 +37,34 @@ def _read_vocab(vocab_path: Path) -> dict[str, int]:
                 f"{vocab[token] + 1}"
             )
         vocab[token] = index
-    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
-    if missing:
-        raise ValueError(f"vocab file {vocab_path} lacks the BERT special tokens {missing}")
+    return vocab
+
+
+def _json_vocab(vocab_path: Path) -> dict[str, int]:
+    try:
+        model = json.loads(vocab_path.read_text(encoding="utf-8")).get("model")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{vocab_path} is not a tokenizer.json: {error}") from error
+    if not isinstance(model, dict) or model.get("type") != "WordPiece":
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise ValueError(f"{vocab_path}: the tokenizer model is {kind!r}, not 'WordPiece'")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError(f"{vocab_path}: model.vocab is not a map of tokens to ids 0..N-1")
     return vocab
 
 
 class WordPieceTokenizer:
-    """BERT-uncased tokenizer (HF `tokenizers`): clean text, lower-case, strip accents, split on
-    whitespace and punctuation, then greedy longest-match-first WordPiece with `##` continuations.
+    """BERT tokenizer (HF `tokenizers`): clean text, lower-case and strip accents (unless
+    ``lowercase=False``, for the cased BERTs), split on whitespace and punctuation, then greedy
+    longest-match-first WordPiece with `##` continuations.
 
     `encode` returns `[CLS] tokens [SEP] [PAD]...` truncated/padded to `max_length`. Special-token
-    ids are read from the vocab file, which must contain [PAD], [UNK], [CLS], [SEP] and [MASK].
+    ids are read from the vocab file (``vocab.txt``, or a Hugging Face ``tokenizer.json``), which
+    must contain [PAD], [UNK], [CLS], [SEP] and [MASK].
     """
 
-    def __init__(self, vocab_path: str | Path, max_length: int):
+    def __init__(self, vocab_path: str | Path, max_length: int, lowercase: bool = True):
         if max_length < 2:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
         self.vocab_path = Path(vocab_path)
@@ -55,7 +78,11 @@ class WordPieceTokenizer:
             (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
         )
         self._tokenizer = BertWordPieceTokenizer(
-            vocab, clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+            vocab,
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=lowercase,
+            lowercase=lowercase,
         )
         self._tokenizer.enable_truncation(max_length)
         self._tokenizer.enable_padding(length=max_length, pad_id=self.pad_id, pad_token="[PAD]")

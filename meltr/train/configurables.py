@@ -10,11 +10,11 @@ optimizers ``Adam`` / ``AdamW`` / ``SGD`` (scoped: ``backbone/AdamW``, ``meta/Ad
 schedules ``warmup_linear_schedule``, ``multistep_schedule`` and ``constant_schedule``;
 ``Distributed``; the data side
 ``WordPieceTokenizer``, ``MaskTokens``, the decoders ``VideoCaptions``, ``VideoQA``,
-``VideoLabel``, ``FeatureText``, ``ImageLabel``, the streams ``train_loader`` / ``eval_loader``
-and the built-in datasets ``synthetic_dataset`` / ``synthetic_data_dir`` / ``synthetic_vocab`` /
-``synthetic_images`` / ``synthetic_images_dir``. Every ``configurables`` module under
-``meltr.backbones`` and ``meltr.tasks`` is imported too, registering the backbones' and tasks'
-names.
+``VideoLabel``, ``FeatureText``, ``ImageLabel``, ``TextLabel``, the streams ``train_loader`` /
+``eval_loader`` and the built-in datasets ``synthetic_dataset`` / ``synthetic_data_dir`` /
+``synthetic_vocab`` / ``synthetic_images`` / ``synthetic_images_dir``. Every ``configurables``
+module under ``meltr.backbones`` and ``meltr.tasks`` is imported too, registering the backbones'
+and tasks' names.
 
 Arguments the training system supplies itself (the model, the parameters an optimizer gets, the
 vocabulary size, the number of tasks, the tokenizer, data positions) are denylisted, so binding
@@ -77,7 +77,12 @@ for lr_schedule in (
 
 gin.external_configurable(WordPieceTokenizer, module="meltr.data", denylist=["vocab_path"])
 gin.external_configurable(MaskTokens, module="meltr.data", denylist=["tokenizer"])
-for decoder in (decoders.VideoCaptions, decoders.VideoQA, decoders.FeatureText):
+for decoder in (
+    decoders.VideoCaptions,
+    decoders.VideoQA,
+    decoders.FeatureText,
+    decoders.TextLabel,
+):
     gin.external_configurable(decoder, module="meltr.data", denylist=["tokenizer"])
 for decoder in (decoders.VideoLabel, decoders.ImageLabel):
     gin.external_configurable(decoder, module="meltr.data")

@@ -4,11 +4,11 @@
       --gin_param "VOCAB='/data/vocab.txt'"
 
 Builds the recipe's model (as ``tools/train.py`` does; the tokenizer only for the vocabulary size),
-runs ``Recipe.checkpoint_loader`` on FILE under ``train.trust_checkpoint_pickle`` and prints its
-report: the keys loaded, missing (model keys the file lacks), unexpected (file keys the model
-lacks), adapted and ignored. One of our training checkpoints is compared with the model's own
-keys. No training, no data read: ``DATA_DIR`` may be an empty folder. Exit code 2: configuration
-error or a file that does not fit.
+runs ``Recipe.checkpoint_loader`` on FILE (or on a checkpoint folder, e.g. a Hugging Face one)
+under ``train.trust_checkpoint_pickle`` and prints its report: the keys loaded, missing (model
+keys the file lacks), unexpected (file keys the model lacks), adapted and ignored. One of our
+training checkpoints is compared with the model's own keys. No training, no data read:
+``DATA_DIR`` may be an empty folder. Exit code 2: configuration error or a file that does not fit.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def inspect_checkpoint(checkpoint: Path) -> dict:
     """The loader's report on ``checkpoint`` for the parsed recipe's model (module docstring)."""
-    if not checkpoint.is_file():
-        raise ConfigError(f"--checkpoint {checkpoint} is not a file")
+    if not checkpoint.exists():
+        raise ConfigError(f"--checkpoint {checkpoint} is not a file or a folder")
     settings, recipe = build.read_recipe()
     if recipe.tokenizer is not None and (
         settings.vocab is None or not Path(settings.vocab).is_file()
@@ -47,10 +47,12 @@ def inspect_checkpoint(checkpoint: Path) -> dict:
         )
     components = build.build(settings, recipe)
     try:
-        content = read_file(checkpoint, settings.trust_checkpoint_pickle)
+        content = (
+            None if checkpoint.is_dir() else read_file(checkpoint, settings.trust_checkpoint_pickle)
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if is_training_checkpoint(content):
+    if content is not None and is_training_checkpoint(content):
         result = components.model.load_state_dict(content["model"], strict=False)
         own = set(components.model.state_dict())
         report = LoadReport(

@@ -135,7 +135,8 @@ def check_paths(
 
     ``DATA_DIR`` must hold ``<split>-*.tar`` shards for every split in ``splits``; ``VOCAB`` must
     be a file when ``needs_vocab``; for ``training``, ``CHECKPOINT`` must be None (unless
-    ``require_checkpoint``) or a file. Reads no file content.
+    ``require_checkpoint``) or a file or a folder (a Hugging Face checkpoint folder, which the
+    recipe's loader reads). Reads no file content.
     """
     data_dir = settings.data_dir
     if data_dir is None:
@@ -160,8 +161,10 @@ def check_paths(
                 _unset("CHECKPOINT", "train.checkpoint", "/path/to/the/official/checkpoint")
                 + " (or bind train.require_checkpoint = False to train from scratch)"
             )
-    elif not Path(settings.checkpoint).is_file():
-        raise ConfigError(f"CHECKPOINT (train.checkpoint) = {settings.checkpoint!r} is not a file")
+    elif not Path(settings.checkpoint).exists():
+        raise ConfigError(
+            f"CHECKPOINT (train.checkpoint) = {settings.checkpoint!r} is not a file or a folder"
+        )
 
 
 def has_split(data_dir: str, split: str) -> bool:

@@ -7,7 +7,7 @@ from os import PathLike
 
 from torch import nn
 
-from meltr.backbones.checkpoint import LoadReport, read_state_dict, shape_mismatch, strip_prefixes
+from meltr.backbones.checkpoint import LoadReport, copy_matching, read_state_dict, strip_prefixes
 
 STRIPPED_PREFIXES = ("module.", "model.")
 
@@ -28,14 +28,7 @@ def load_resnet_checkpoint(
         strip_prefixes(key, STRIPPED_PREFIXES): value
         for key, value in read_state_dict(path, trust_pickle, ("state_dict", "model")).items()
     }
-    own = model.state_dict()
-    report = LoadReport(unexpected=sorted(key for key in state if key not in own))
-    to_load = {key: value for key, value in state.items() if key in own}
-    for key, value in to_load.items():
-        if value.shape != own[key].shape:
-            raise shape_mismatch(key, value, own[key])
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
-    report.missing = sorted(key for key in own if key not in to_load)
+    report = LoadReport()
+    copy_matching(model, state, report)
     report.log(path)
     return report

@@ -16,6 +16,7 @@ from meltr.backbones.checkpoint import (
     LoadReport,
     fit_rows,
     read_state_dict,
+    rename_layer_norm,
     shape_mismatch,
     strip_prefixes,
 )
@@ -23,8 +24,6 @@ from meltr.backbones.checkpoint import (
 STRIPPED_PREFIXES = ("module.",)
 # The prefix of a meta network in meltr's other loaders; no UniVL release writes it.
 META_LOSS_PREFIX = "aux_model."
-# Old (TensorFlow-converted) BERT names of LayerNorm parameters; the release renames them.
-LAYER_NORM_RENAMES = {"gamma": "weight", "beta": "bias"}
 POSITION_KEYS = frozenset(
     f"{tower}.embeddings.position_embeddings.weight"
     for tower in ("bert", "visual", "cross", "decoder")
@@ -70,7 +69,7 @@ def load_univl_checkpoint(
         if key.startswith(META_LOSS_PREFIX):
             report.ignored.append(key)
             continue
-        renamed = _rename_layer_norm(key)
+        renamed = rename_layer_norm(key)
         if renamed in backbone:
             raise ValueError(f"{path}: both {original!r} and another entry give {renamed!r}")
         if renamed != key:
@@ -90,11 +89,6 @@ def load_univl_checkpoint(
     report.missing.extend(k for k in own if k not in to_load and k not in loaded_through_tie)
     report.log(path)
     return report
-
-
-def _rename_layer_norm(key: str) -> str:
-    *parents, name = key.split(".")
-    return ".".join([*parents, LAYER_NORM_RENAMES.get(name, name)])
 
 
 def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor:

@@ -1,5 +1,7 @@
-"""The BERT-base pieces Violet takes from ``bert-base-uncased``: text embeddings, the encoder it
-uses as its cross transformer, and the masked-language-model head.
+"""The BERT pieces Violet takes from ``bert-base-uncased``: text embeddings, the encoder it uses as
+its cross transformer, and the masked-language-model head. The BERT text backbone
+(``meltr.backbones.bert``) builds any Hugging Face BERT from them, sized by its ``config.json``
+(type vocabulary, LayerNorm epsilon and attention dropout are parameters for that).
 
 Names follow HuggingFace ``transformers`` (``BertEmbeddings``, ``BertEncoder``,
 ``BertOnlyMLMHead``), which the Violet release stores under ``enc_txt.emb_txt.*``, ``trsfr.*`` and
@@ -23,12 +25,20 @@ class BertEmbeddings(nn.Module):
     The HF module's ``position_ids`` buffer is not kept (files saved with transformers < 4.31 hold
     it; the loaders drop it)."""
 
-    def __init__(self, vocab_size: int, max_positions: int, width: int, dropout: float) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        max_positions: int,
+        width: int,
+        dropout: float,
+        type_vocab_size: int = 2,
+        eps: float = BERT_LAYER_NORM_EPS,
+    ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, width)
         self.position_embeddings = nn.Embedding(max_positions, width)
-        self.token_type_embeddings = nn.Embedding(2, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=BERT_LAYER_NORM_EPS)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, text_ids: Tensor) -> Tensor:
@@ -69,10 +79,12 @@ class BertSelfAttention(nn.Module):
 class BertResidualOutput(nn.Module):
     """``LayerNorm(dropout(dense(h)) + residual)`` (HF ``BertSelfOutput`` / ``BertOutput``)."""
 
-    def __init__(self, inner: int, width: int, dropout: float) -> None:
+    def __init__(
+        self, inner: int, width: int, dropout: float, eps: float = BERT_LAYER_NORM_EPS
+    ) -> None:
         super().__init__()
         self.dense = nn.Linear(inner, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=BERT_LAYER_NORM_EPS)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden: Tensor, residual: Tensor) -> Tensor:
@@ -80,10 +92,19 @@ class BertResidualOutput(nn.Module):
 
 
 class BertAttention(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        dropout: float,
+        attention_dropout: float | None = None,
+        eps: float = BERT_LAYER_NORM_EPS,
+    ) -> None:
         super().__init__()
-        self.self = BertSelfAttention(width, heads, dropout)
-        self.output = BertResidualOutput(width, width, dropout)
+        self.self = BertSelfAttention(
+            width, heads, dropout if attention_dropout is None else attention_dropout
+        )
+        self.output = BertResidualOutput(width, width, dropout, eps)
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         return self.output(self.self(x, key_mask), x)
@@ -99,13 +120,23 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Post-norm transformer layer: attention sub-layer, then GELU feed-forward sub-layer."""
+    """Post-norm transformer layer: attention sub-layer, then GELU feed-forward sub-layer.
+    ``dropout`` is the hidden-state dropout, ``attention_dropout`` (None: the same) the dropout of
+    the attention probabilities; ``eps`` the LayerNorms' epsilon."""
 
-    def __init__(self, width: int, heads: int, inner: int, dropout: float) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        inner: int,
+        dropout: float,
+        attention_dropout: float | None = None,
+        eps: float = BERT_LAYER_NORM_EPS,
+    ) -> None:
         super().__init__()
-        self.attention = BertAttention(width, heads, dropout)
+        self.attention = BertAttention(width, heads, dropout, attention_dropout, eps)
         self.intermediate = BertIntermediate(width, inner)
-        self.output = BertResidualOutput(inner, width, dropout)
+        self.output = BertResidualOutput(inner, width, dropout, eps)
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         x = self.attention(x, key_mask)
@@ -113,9 +144,20 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    def __init__(self, layers: int, width: int, heads: int, inner: int, dropout: float) -> None:
+    def __init__(
+        self,
+        layers: int,
+        width: int,
+        heads: int,
+        inner: int,
+        dropout: float,
+        attention_dropout: float | None = None,
+        eps: float = BERT_LAYER_NORM_EPS,
+    ) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(width, heads, inner, dropout) for _ in range(layers))
+        self.layer = nn.ModuleList(
+            BertLayer(width, heads, inner, dropout, attention_dropout, eps) for _ in range(layers)
+        )
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         for layer in self.layer:
@@ -124,10 +166,10 @@ class BertEncoder(nn.Module):
 
 
 class BertPredictionTransform(nn.Module):
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, eps: float = BERT_LAYER_NORM_EPS) -> None:
         super().__init__()
         self.dense = nn.Linear(width, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=BERT_LAYER_NORM_EPS)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.LayerNorm(F.gelu(self.dense(x)))
