@@ -3,8 +3,7 @@ a tiny quickstart recipe."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,7 @@ import torch
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("hessian_spectrum", TOOLS / "hessian_spectrum.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-spectrum = _load()
+spectrum = runpy.run_path(str(TOOLS / "hessian_spectrum.py"))  # its functions by name
 
 
 @pytest.mark.parametrize("eigenvalues", [[-30.0, -1.0, 0.5, 4.0, 12.0], [50.0, 3.0, -2.0, -7.0]])
@@ -40,7 +30,7 @@ def test_extreme_eigenvalues_of_a_symmetric_matrix(eigenvalues):
         y = matrix @ torch.cat(x)
         return [y[:split], y[split:]]
 
-    dominant, other = spectrum.extreme_eigenvalues(hvp, like, iterations=400)
+    dominant, other = spectrum["extreme_eigenvalues"](hvp, like, iterations=400)
     computed = np.linalg.eigvalsh(matrix.numpy())
     by_magnitude = computed[np.argsort(np.abs(computed))]
     assert dominant == pytest.approx(by_magnitude[-1], rel=1e-6)
@@ -51,7 +41,9 @@ def test_extreme_eigenvalues_of_a_symmetric_matrix(eigenvalues):
 def test_the_command_prints_the_spectrum_of_a_recipe_at_its_start(tiny_args, capsys):
     args = tiny_args("unused")
     at = args.index("--output")
-    assert spectrum.main([*args[:at], *args[at + 2 :], "--batches", "2", "--iterations", "3"]) == 0
+    assert (
+        spectrum["main"]([*args[:at], *args[at + 2 :], "--batches", "2", "--iterations", "3"]) == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("batch ")]
     assert [line.split(":")[0] for line in lines] == ["batch 0", "batch 1"]
     for line in lines:
