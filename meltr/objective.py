@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -116,6 +117,10 @@ class PinnedLosses:
         """Losses at the model's live parameters (graph recorded if grad mode is on)."""
         return self._evaluate(self.model)
 
+    def on(self, batch: Any) -> PinnedLosses:
+        """The same loss function on another batch, its RNG state pinned now."""
+        return PinnedLosses(self.model, self.loss_source, batch, self.keys)
+
     def at(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Losses with the named parameters replaced by ``params`` (``torch.func`` compatible).
 
@@ -127,3 +132,52 @@ class PinnedLosses:
         named = {f"model.{name}": value for name, value in params.items()}
         named |= {f"model.{name}": b.clone() for name, b in self.model.named_buffers()}
         return torch.func.functional_call(wrapper, named, ())
+
+
+@dataclass
+class Pass:
+    """One evaluation of a batch with a graph: the pinned loss function, its ``[T]`` losses and
+    the task losses as the loss source returned them (a backward from one of them traverses that
+    task's graph only; a backward through ``values`` traverses all, with zero gradients).
+
+    ``graph_needed``: the training step's own pass, whose graph its inner update backpropagates
+    through later (a backward taken earlier must keep it). ``task_gradients``: the per-task
+    gradients ``[dl_t/dw for t]`` once a hypergradient has taken them from this pass (freeing
+    its graph where tasks do not share it); the inner update on this pass combines them instead
+    of a backward of its own.
+    """
+
+    losses: PinnedLosses
+    values: torch.Tensor
+    tasks: list[torch.Tensor]
+    graph_needed: bool = False
+    task_gradients: list[list[torch.Tensor]] | None = None
+
+
+def evaluate(
+    model: nn.Module, loss_source: LossSource, batch: Any, keys: Sequence[str] | None
+) -> Pass:
+    """``loss_source(model, batch)`` with a graph, the global RNG state pinned first, as a pass
+    whose losses are in the order of ``keys`` (None: the loss source's own order)."""
+    rng = capture_rng()
+    raw = loss_source(model, batch)
+    keys = list(raw.keys()) if keys is None else list(keys)
+    values = stack_losses(raw, keys)
+    pinned = PinnedLosses(model, loss_source, batch, keys, rng)
+    return Pass(pinned, values, [raw[key].reshape(()) for key in keys])
+
+
+@contextlib.contextmanager
+def without_side_effects(model: nn.Module) -> Iterator[None]:
+    """Restore the global RNG(s) and ``model``'s buffers on exit."""
+    rng = capture_rng()
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        # Through ``.data``: a bit-exact restore must not bump the buffers' autograd version
+        # counters, or the training step's recorded graph (which saved them) would be refused.
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.data.copy_(saved)
+        restore_rng(rng)
