@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -50,50 +50,83 @@ def first_nonfinite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | N
     return next(name for name, t in named if not all_finite([t]))
 
 
-def step_or_undo(
-    module: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], None]
-) -> str | None:
-    """Run ``step`` (an update of ``module``'s parameters by ``optimizer``); if it made a
-    parameter non-finite, restore the parameters and the optimizer's state and return that
-    parameter's name (None when the update was kept)."""
-    parameters = list(module.parameters())
-    saved_parameters = [p.detach().clone() for p in parameters]
-    saved_state = copy.deepcopy(optimizer.state_dict())
-    step()
-    bad = first_nonfinite(module.named_parameters())
+def check_parameters_finite(params: Iterable[tuple[str, torch.Tensor]], step: int) -> None:
+    """NonFiniteParametersError naming the first non-finite parameter after the inner update of
+    step ``step`` (whose gradient was finite)."""
+    bad = first_nonfinite(params)
     if bad is not None:
-        with torch.no_grad():
-            for p, saved in zip(parameters, saved_parameters, strict=True):
-                p.copy_(saved)
-        optimizer.load_state_dict(saved_state)
-    return bad
+        raise NonFiniteParametersError(
+            f"parameter {bad} became non-finite in the inner update of step {step} although its "
+            "gradient was finite: the optimizer diverged (learning rate too high?)"
+        )
 
 
-class SkipCounter:
-    """What the learner skipped: running totals per reason (``counts``, reported as
-    ``skipped/<reason>``), the inner updates skipped in a row (``consecutive``) and what the
-    latest skip was about (``last``), for the caller to warn and to stop a diverged run."""
+class Guards:
+    """The learner's finiteness guards on its updates, and the count of what they skipped:
+    running totals per reason (``counts``, reported as ``skipped/<reason>``), the inner updates
+    skipped in a row (``consecutive``) and what the latest skip was about (``last``), for the
+    caller to warn and to stop a diverged run."""
 
     def __init__(self) -> None:
         self.counts = dict.fromkeys(SKIP_REASONS, 0)
         self.consecutive = 0
         self.last: str | None = None
 
-    def inner_update(self, reason: str, detail: str) -> dict[str, float]:
+    def skip_inner_update(self, reason: str, detail: str) -> dict[str, float]:
         """Count an inner update skipped for ``reason`` (a non-finite ``detail``); the metrics."""
         self.counts[reason] += 1
         self.consecutive += 1
         self.last = f"{reason}: non-finite {detail}"
         return self.metrics()
 
-    def meta_update(self, reason: str, detail: str) -> None:
-        """Count a meta update skipped or undone for ``reason``."""
-        self.counts[reason] += 1
-        self.last = f"{reason}: {detail}"
-
     def applied(self) -> None:
         """An inner update was applied: the run of skips ends."""
         self.consecutive = 0
 
+    def meta_update(
+        self,
+        meta_loss: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grads: list[torch.Tensor],
+        norm: float,
+        clip: float | None,
+        step: int,
+    ) -> None:
+        """Step the meta loss's parameters phi along ``grads`` (global norm ``norm``, clipped to
+        ``clip`` unless None) with ``optimizer``, in the meta step of call ``step``: skipped when
+        ``norm`` is non-finite, undone (phi and the optimizer's state restored) when it makes
+        phi non-finite, and counted either way."""
+        if not math.isfinite(norm):
+            self._skip_meta_update("nonfinite_hypergrad", f"meta step {step}, norm {norm}")
+            return
+        phi = list(meta_loss.parameters())
+        saved_phi = [p.detach().clone() for p in phi]
+        saved_state = copy.deepcopy(optimizer.state_dict())
+        for p, g in zip(phi, grads, strict=True):
+            p.grad = g.detach()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(phi, clip)
+        optimizer.step()
+        bad = first_nonfinite(meta_loss.named_parameters())
+        if bad is None:
+            return
+        with torch.no_grad():
+            for p, saved in zip(phi, saved_phi, strict=True):
+                p.copy_(saved)
+        optimizer.load_state_dict(saved_state)
+        self._skip_meta_update("nonfinite_phi", f"meta step {step} would make {bad} non-finite")
+
+    def _skip_meta_update(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        self.last = f"{reason}: {detail}"
+
     def metrics(self) -> dict[str, float]:
         return {f"skipped/{k}": float(v) for k, v in self.counts.items()}
+
+    def state_dict(self) -> dict[str, object]:
+        """``skipped`` (the counts) and ``consecutive_skips``."""
+        return {"skipped": dict(self.counts), "consecutive_skips": self.consecutive}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = dict.fromkeys(SKIP_REASONS, 0) | dict(state["skipped"])
+        self.consecutive = int(state.get("consecutive_skips", 0))

@@ -117,6 +117,12 @@ class PinnedLosses:
         """Losses at the model's live parameters (graph recorded if grad mode is on)."""
         return self._evaluate(self.model)
 
+    def without_graph(self) -> torch.Tensor:
+        """Losses at the model's live parameters without a graph, leaving no trace (the global
+        RNG and the model's buffers are restored)."""
+        with torch.no_grad(), without_side_effects(self.model):
+            return self().detach()
+
     def on(self, batch: Any) -> PinnedLosses:
         """The same loss function on another batch, its RNG state pinned now."""
         return PinnedLosses(self.model, self.loss_source, batch, self.keys)
@@ -165,6 +171,40 @@ def evaluate(
     values = stack_losses(raw, keys)
     pinned = PinnedLosses(model, loss_source, batch, keys, rng)
     return Pass(pinned, values, [raw[key].reshape(()) for key in keys])
+
+
+def evaluate_pair(
+    forward: Callable[[Any], Pass], primary_batch: Any, aux_batch: Any, current: Pass | None
+) -> tuple[Pass, Pass]:
+    """The passes of two batches by ``forward``, primary first, one pass when they are the same
+    object; ``current`` (a pass at the current weights) serves either side whose batch is its
+    batch instead of a new forward."""
+
+    def evaluated(batch: Any) -> Pass:
+        if current is not None and batch is current.losses.batch:
+            return current
+        return forward(batch)
+
+    primary = evaluated(primary_batch)
+    return primary, primary if aux_batch is primary_batch else evaluated(aux_batch)
+
+
+def check_keys(first: Pass, num_tasks: int | None) -> list[str]:
+    """The loss keys of a loss source's first pass, once they are known to be usable:
+    ValueError unless the losses depend on the trainable parameters (when grad mode is on) and
+    their number is ``num_tasks`` (the meta loss's, when it has one)."""
+    keys = first.losses.keys
+    if torch.is_grad_enabled() and not any(task.requires_grad for task in first.tasks):
+        raise ValueError(
+            f"none of the losses {keys} depends on the model's trainable parameters "
+            "(no autograd graph): compute them from model(...) outputs, with grad enabled"
+        )
+    if num_tasks is not None and num_tasks != len(keys):
+        raise ValueError(
+            f"meta loss has num_tasks={num_tasks} but the loss source returned "
+            f"{len(keys)} losses {keys}"
+        )
+    return keys
 
 
 @contextlib.contextmanager

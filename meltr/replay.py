@@ -74,6 +74,15 @@ class ReplayBuffer:
         candidates = list(self.batches) or [fallback]
         return candidates[int(torch.randint(len(candidates), (1,), generator=self.generator))]
 
+    def state_dict(self) -> dict[str, Any]:
+        """``generator`` (its state) and ``buffer`` (the batches, oldest first)."""
+        return {"generator": self.generator.get_state(), "buffer": list(self.batches)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.batches.clear()
+        self.batches.extend(state["buffer"])
+
     @contextlib.contextmanager
     def kept_generator(self) -> Iterator[None]:
         """Restore the generator on exit (draws made inside leave no trace)."""

@@ -210,3 +210,14 @@ class Unrolled:
 
 
 Solver = ImplicitSolver | Unrolled
+
+
+def check_solver(solver: object) -> None:
+    """ValueError unless ``solver`` is a solver instance (naming the fix for a class)."""
+    if isinstance(solver, type):
+        raise ValueError(
+            f"solver must be an instance, got the class {solver.__name__}: "
+            f"pass {solver.__name__}() (in gin: @{solver.__name__}())"
+        )
+    if not callable(getattr(solver, "hypergradient", None)):
+        raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")
