@@ -210,6 +210,7 @@ class Unrolled:
 
 
 Solver = ImplicitSolver | Unrolled
+SOLVERS = (Identity, Neumann, ConjugateGradient, StocBIO, Unrolled)
 
 
 def check_solver(solver: object) -> None:

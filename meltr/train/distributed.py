@@ -44,12 +44,12 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from meltr.tasks.common import is_distributed
+from meltr.ranks import is_data_parallel
+from meltr.solvers import SOLVERS
 
 LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 STRATEGIES = ("none", "ddp", "fsdp")
 DISTRIBUTED_PRODUCTS = ("finite_difference",)
-DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient", "StocBIO")
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -323,7 +323,7 @@ def global_mean_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     the gradient stays that of the local loss, so DDP's / FSDP's gradient averaging produces the
     exact global gradient. One all-reduce for all losses. Identity without a process group.
     """
-    if not is_distributed():
+    if not is_data_parallel():
         return dict(losses)
     names = list(losses)
     local = torch.stack([losses[name] for name in names])
@@ -351,7 +351,7 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of ``tensor`` over ranks, as a new tensor without autograd history
     (the learner's ``reduce`` hook for replicated quantities such as the meta network's gradient).
     Identity without a process group."""
-    if not is_distributed():
+    if not is_data_parallel():
         return tensor
     mean = tensor.detach().clone()
     dist.all_reduce(mean, op=dist.ReduceOp.SUM)
@@ -364,7 +364,7 @@ def assert_replicated(parameters: Iterable[torch.Tensor], meta_step: int) -> Non
     Compares two float64 checksums per rank (the plain sum and a position-weighted sum, which also
     catches permuted values) for exact equality. ``meta_step`` is named in the error.
     """
-    if not is_distributed():
+    if not is_data_parallel():
         return
     flat = torch.cat([param.detach().reshape(-1).to(torch.float64) for param in parameters])
     positions = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
@@ -385,8 +385,9 @@ def check_meta_learning_supported(
 
     "ddp"/"fsdp" cannot take double backward (``products="autograd"``), forward-mode derivatives
     (``products="forward"``) or differentiable unrolled updates (solver ``Unrolled``) through the
-    backbone: FSDP2 frees gathered parameters after use and DDP reduces gradients in backward
-    hooks. ``solver`` is a solver instance (its class name is checked). Nor can they aggregate
+    backbone (FSDP2 frees gathered parameters after use and reduces gradients in backward hooks):
+    ``products`` must be finite differences and ``solver`` (an instance) must declare
+    ``supports_data_parallel``. Nor can they aggregate
     per-task gradients (``aggregate``, the learner's ``MetaLearner.aggregate``, if not None):
     that takes one backward per task, and the wrappers reduce gradients once per backward.
     """
@@ -398,12 +399,12 @@ def check_meta_learning_supported(
             "gradient aggregation takes one backward per task and is single-process only; use "
             "Distributed.strategy='none'"
         )
-    solver_name = type(solver).__name__
-    if products not in DISTRIBUTED_PRODUCTS or solver_name not in DISTRIBUTED_SOLVERS:
+    if products not in DISTRIBUTED_PRODUCTS or not getattr(solver, "supports_data_parallel", False):
+        names = [kind.__name__ for kind in SOLVERS if kind.supports_data_parallel]
         raise ValueError(
             f"Distributed.strategy={strategy!r} cannot run products={products!r} with solver "
-            f"{solver_name}: it needs double backward, forward mode or differentiable updates "
-            "through the backbone. Use products='finite_difference' with solver "
-            + ", ".join(DISTRIBUTED_SOLVERS[:-1])
-            + f" or {DISTRIBUTED_SOLVERS[-1]}"
+            f"{type(solver).__name__}: it needs double backward, forward mode or differentiable "
+            "updates through the backbone. Use products='finite_difference' with solver "
+            + ", ".join(names[:-1])
+            + f" or {names[-1]}"
         )
