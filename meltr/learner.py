@@ -155,13 +155,9 @@ class MetaLearner:
         self.products: Products = make_products(products)
         self.meta_schedule = MetaSchedule(schedule, meta_every)
         self.replay_buffer = ReplayBuffer(replay, eviction, replay_seed)
-        self.fidelity = FidelityProbe(
-            fidelity_every,
-            ConjugateGradient(maxiter=10, damping=1.0)
-            if fidelity_solver is None
-            else fidelity_solver,
-            make_products(fidelity_products or products),
-        )
+        reference_solver = fidelity_solver or ConjugateGradient(maxiter=10, damping=1.0)
+        reference_products = make_products(fidelity_products or products)
+        self.fidelity = FidelityProbe(fidelity_every, reference_solver, reference_products)
         self.gamma = float(gamma)
         self.meta_grad_clip = meta_grad_clip
         self.direct_grad = direct_grad

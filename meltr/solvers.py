@@ -36,8 +36,8 @@ from meltr.objective import math_attention
 
 class ImplicitSolver(abc.ABC):
     """A solver of ``H q = v`` from Hessian-vector products; its hypergradient is the implicit
-    one (``meltr.hypergradients.implicit_hypergradient``). Runs data-parallel: the products
-    are finite differences of forwards and backwards, which sharded models support."""
+    one (``meltr.hypergradients.implicit_hypergradient``). Runs data-parallel (with
+    finite-difference products, which need only forwards and backwards)."""
 
     supports_data_parallel = True
 
