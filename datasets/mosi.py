@@ -1,25 +1,37 @@
-"""Convert CMU-MOSI (MMSA's processed pickles) into WebDataset shards (feature + text kind).
+"""Convert CMU-MOSI (MMSA's processed pickles, or the CMU-MultimodalSDK's .csd files) into
+WebDataset shards (feature + text kind).
 
     python datasets/mosi.py --root MOSI_DIR --out SHARD_DIR [--layout aligned_50|unaligned_50]
         [--features vision|vision+audio] [--skip-missing] [--samples-per-shard N]
+    python datasets/mosi.py --sdk CSD_DIR --folds FOLDS.json --out SHARD_DIR [--vision-file NAME]
+        [--layout ...] [--features ...] [--skip-missing] [--samples-per-shard N]
 
---root holds Processed/<layout>.pkl (or <layout>.pkl). One sample per utterance: the utterance text
-as its caption, the Facet (and COVAREP) rows as its features, the sentiment score as its label;
-train / val (MMSA's valid) / test. The CMU-MultimodalSDK .csd files need h5py and are not read; see
-meltr/data/mosi.py. Rerunning keeps complete shards; an --out holding another conversion is
-refused. Exit code 2 when utterances lack text or a finite label (they are named) and --skip-
-missing is not given, or when the pickle is absent or malformed.
+--root holds Processed/<layout>.pkl (or <layout>.pkl). --sdk holds the SDK's CMU-MOSI .csd files
+(labels, timestamped words, Facet, COVAREP; read with h5py: pip install meltr[mosi]) and
+--folds the SDK's standard folds as JSON {"train": [video ids], "valid": [...], "test": [...]};
+see meltr/data/mosi_sdk.py for the alignment. One sample per utterance: the utterance text as
+its caption, the Facet (and COVAREP) rows as its features, the sentiment score as its label;
+train / val (valid) / test. Rerunning keeps complete shards; an --out holding another
+conversion is refused. Exit code 2 when utterances lack text or a finite label (they are named)
+and --skip-missing is not given, or when an input file is absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.mosi import FEATURES, LAYOUTS, convert_mosi
+from meltr.data.mosi import FEATURES, LAYOUTS, plan_mosi, write_plan
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", required=True, help="the folder of MMSA's MOSI files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", help="the folder of MMSA's MOSI files")
+    source.add_argument("--sdk", help="the folder of the CMU-MultimodalSDK's CMU-MOSI .csd files")
+    parser.add_argument("--folds", help="with --sdk: the standard folds as JSON")
+    parser.add_argument(
+        "--vision-file",
+        help="with --sdk: the visual sequence (default CMU_MOSI_Visual_Facet_41.csd)",
+    )
     parser.add_argument("--out", required=True, help="directory for the shards")
     parser.add_argument("--layout", choices=LAYOUTS, default="aligned_50")
     parser.add_argument("--features", choices=FEATURES, default="vision")
@@ -28,16 +40,25 @@ def main() -> int:
     )
     parser.add_argument("--samples-per-shard", type=int, default=1000)
     args = parser.parse_args()
+    if args.sdk and not args.folds:
+        parser.error("--sdk needs --folds (the SDK's standard folds as JSON)")
+    if args.root and (args.folds or args.vision_file):
+        parser.error("--folds and --vision-file go with --sdk")
 
     try:
-        result = convert_mosi(
-            args.root,
-            args.out,
-            args.layout,
-            args.features,
-            args.skip_missing,
-            args.samples_per_shard,
-        )
+        if args.sdk:
+            try:
+                from meltr.data.mosi_sdk import plan_mosi_sdk
+            except ModuleNotFoundError as error:
+                print(
+                    f"error: --sdk reads HDF5 with h5py ({error}): pip install meltr[mosi]",
+                    file=sys.stderr,
+                )
+                return 2
+            plan = plan_mosi_sdk(args.sdk, args.folds, args.layout, args.features, args.vision_file)
+        else:
+            plan = plan_mosi(args.root, args.layout, args.features)
+        result = write_plan(plan, args.out, args.skip_missing, args.samples_per_shard)
     except (ValueError, FileNotFoundError) as error:  # MissingItemsError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """Convert the official MSRVTT release into WebDataset shards.
 
-    python datasets/msrvtt.py --root MSRVTT_DIR --out SHARD_DIR --split 9k|7k
+    python datasets/msrvtt.py --root MSRVTT_DIR --out SHARD_DIR --split 9k|7k [--val N]
         [--skip-missing] [--samples-per-shard N]
+
+--val N holds the last N videos of the training list out as a val split (one caption each),
+for checkpoint selection and sweeps that never look at the test split (tools/sweeps/).
 
 The layout expected under --root, and where the test captions come from, are described in
 meltr/data/msrvtt.py. Rerunning keeps complete shards; an --out holding another conversion is
@@ -21,6 +24,9 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="directory for the shards")
     parser.add_argument("--split", choices=("9k", "7k"), default="9k", help="training split")
     parser.add_argument(
+        "--val", type=int, default=0, help="training videos held out as a val split (default 0)"
+    )
+    parser.add_argument(
         "--skip-missing", action="store_true", help="leave out videos without mp4 or captions"
     )
     parser.add_argument("--samples-per-shard", type=int, default=200)
@@ -28,7 +34,7 @@ def main() -> int:
 
     try:
         result = convert_msrvtt(
-            args.root, args.out, args.split, args.skip_missing, args.samples_per_shard
+            args.root, args.out, args.split, args.skip_missing, args.samples_per_shard, args.val
         )
     except (MissingVideosError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -36,7 +42,7 @@ def main() -> int:
     for missing in result["skipped"]:
         print(f"skipped {missing}")
     print(f"test captions from {result['test_caption_source']}")
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         shards = result[split]
         where = f"{shards[0]} ... {shards[-1].name}" if shards else "(no videos)"
         print(f"{split}: {len(shards)} shards: {where}")

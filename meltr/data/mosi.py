@@ -5,8 +5,8 @@ folder holding ``Processed/`` or the pickles themselves), a pickle of ``{"train"
 "test"} -> {"raw_text": [N] str, "vision": float [N, T_v, 20] (Facet), "audio": float [N, T_a, 5]
 (COVAREP), "id": [N] str, "regression_labels": [N] in [-3, 3], ...}``, plus ``vision_lengths`` /
 ``audio_lengths`` in the unaligned layout (aligned: T = 50 word-aligned rows, zero-padded).
-The CMU-MultimodalSDK ``.csd`` files are HDF5 and would need ``h5py``, which meltr does not
-depend on: convert them with MMSA first.
+The CMU-MultimodalSDK's ``.csd`` files (HDF5) are read by ``meltr.data.mosi_sdk`` into the same
+utterances (it needs ``h5py``: ``pip install meltr[mosi]``).
 
 What UniVL reads: its text encoder takes the utterance (``raw_text``, the sample's one caption),
 its "video" encoder a feature sequence. MOSI has no S3D features, so the sequence is the Facet
@@ -110,26 +110,38 @@ def _add_split(plan: MosiPlan, split: str, part: object, features: str, where: s
         if len(part[name]) != count:
             raise ValueError(f"{where}: {name!r} has {len(part[name])} entries, 'id' {count}")
     for index in range(count):
-        video_id = str(part["id"][index])
-        text, label = part["raw_text"][index], float(part["regression_labels"][index])
         rows = _rows(part, "vision", index)
         if features == "vision+audio":
             rows = np.concatenate([rows, _rows(part, "audio", index)], axis=1)
-        rows = np.asarray(rows, dtype=np.float64)
-        finite = np.isfinite(rows)
-        plan.non_finite += int((~finite).sum())
-        rows = np.where(finite, rows, 0.0)
+        rows = finite_rows(plan, rows)
         if "vision_lengths" not in part:
             rows = rows[: max(1, _last_nonzero_row(rows) + 1)]
-        if not isinstance(text, str) or not text.strip():
-            plan.missing.append(MissingItem(video_id, split, "empty raw_text"))
-        elif not math.isfinite(label):
-            plan.missing.append(MissingItem(video_id, split, f"label {label}"))
-        else:
-            utterance = MosiUtterance(
-                KEY_UNSAFE.sub("_", video_id), split, video_id, text.strip(), label, rows
-            )
-            plan.utterances[split].append(utterance)
+        text, label = part["raw_text"][index], float(part["regression_labels"][index])
+        add_utterance(plan, split, str(part["id"][index]), text, label, rows)
+
+
+def finite_rows(plan: MosiPlan, rows: np.ndarray) -> np.ndarray:
+    """``rows`` as float64 with their non-finite entries set to 0, counted in ``plan``."""
+    rows = np.asarray(rows, dtype=np.float64)
+    finite = np.isfinite(rows)
+    plan.non_finite += int((~finite).sum())
+    return np.where(finite, rows, 0.0)
+
+
+def add_utterance(
+    plan: MosiPlan, split: str, video_id: str, text: object, label: float, rows: np.ndarray
+) -> None:
+    """Add one utterance with its (finite) feature rows to ``plan``, or a ``MissingItem`` when
+    it has no text or no finite label."""
+    if not isinstance(text, str) or not text.strip():
+        plan.missing.append(MissingItem(video_id, split, "empty raw_text"))
+    elif not math.isfinite(label):
+        plan.missing.append(MissingItem(video_id, split, f"label {label}"))
+    else:
+        key = KEY_UNSAFE.sub("_", video_id)
+        plan.utterances[split].append(
+            MosiUtterance(key, split, video_id, text.strip(), label, rows)
+        )
 
 
 def _rows(part: dict, modality: str, index: int) -> np.ndarray:
@@ -173,7 +185,17 @@ def convert_mosi(
     shards in ``out_dir`` are kept. Returns ``{split: [shard paths], "skipped": [MissingItem],
     "non_finite": count, "feature_dim": D}``. Raises MissingItemsError (before writing) for
     utterances without text or with a non-finite label unless ``skip_missing``."""
-    plan = plan_mosi(root, layout, features)
+    return write_plan(plan_mosi(root, layout, features), out_dir, skip_missing, samples_per_shard)
+
+
+def write_plan(
+    plan: MosiPlan,
+    out_dir: str | os.PathLike,
+    skip_missing: bool = False,
+    samples_per_shard: int = 1000,
+) -> dict:
+    """Write ``plan``'s splits as shards (``convert_mosi``'s result); MissingItemsError before
+    writing anything when it lists missing utterances and not ``skip_missing``."""
     if plan.missing and not skip_missing:
         raise MissingItemsError("CMU-MOSI", plan.missing)
     result: dict = {"skipped": plan.missing, "non_finite": plan.non_finite}

@@ -17,6 +17,11 @@ caption come from, in order of precedence:
    ``jsfusion_val_caption_idx.pkl`` selects (an index into the video's ``MSR_VTT.json`` captions);
 3. else ``val_list_jsfusion.txt`` with each video's first caption.
 
+With ``val_videos = N > 0`` the last N videos of the training list form a ``val`` split
+instead (each with its first caption, one caption per video as the test split has), so that
+checkpoint selection and hyperparameter sweeps never look at the test split; the default keeps
+every listed video for training, as the release does.
+
 The mp4 bytes are copied unchanged.
 """
 
@@ -68,6 +73,7 @@ class MsrvttPlan:
     """What a conversion writes: videos per split, and the listed videos that cannot be written."""
 
     train: list[MsrvttVideo] = field(default_factory=list)
+    val: list[MsrvttVideo] = field(default_factory=list)
     test: list[MsrvttVideo] = field(default_factory=list)
     missing: list[MissingVideo] = field(default_factory=list)
     test_caption_source: str = ""
@@ -86,12 +92,14 @@ class MissingVideosError(ValueError):
         )
 
 
-def plan_msrvtt(root: str | os.PathLike, split: str = "9k") -> MsrvttPlan:
-    """Read the release's metadata and list the videos of ``split`` (``"9k"`` or ``"7k"``); a
-    listed video without an mp4, without a caption or whose mp4 does not decode is missing.
+def plan_msrvtt(root: str | os.PathLike, split: str = "9k", val_videos: int = 0) -> MsrvttPlan:
+    """Read the release's metadata and list the videos of ``split`` (``"9k"`` or ``"7k"``), the
+    last ``val_videos`` of its training list held out as ``val`` (module docstring); a listed
+    video without an mp4, without a caption or whose mp4 does not decode is missing.
 
     Raises:
-        ValueError: unknown split, or malformed metadata (naming the file and the entry).
+        ValueError: unknown split, ``val_videos`` not in [0, training videos), or malformed
+            metadata (naming the file and the entry).
         FileNotFoundError: a required metadata file is absent (naming it).
     """
     if split not in TRAIN_LISTS:
@@ -101,7 +109,15 @@ def plan_msrvtt(root: str | os.PathLike, split: str = "9k") -> MsrvttPlan:
         raise FileNotFoundError(f"--root {root} is not a directory (the MSRVTT release)")
     captions = load_captions(root / ANNOTATIONS)
     plan = MsrvttPlan()
-    listed = [(v, captions.get(v, []), "train") for v in read_id_list(root / TRAIN_LISTS[split])]
+    train_ids = read_id_list(root / TRAIN_LISTS[split])
+    if not 0 <= val_videos < len(train_ids):
+        raise ValueError(
+            f"val_videos must be in [0, {len(train_ids)}) (the {split} training list's videos), "
+            f"got {val_videos}"
+        )
+    held_out = len(train_ids) - val_videos
+    listed = [(v, captions.get(v, []), "train") for v in train_ids[:held_out]]
+    listed += [(v, captions.get(v, [])[:1], "val") for v in train_ids[held_out:]]
     test_captions, plan.test_caption_source = _test_captions(root, captions)
     listed += [(video_id, chosen, "test") for video_id, chosen in test_captions.items()]
     for video_id, chosen, video_split in tqdm(listed, desc="checking videos", unit="video"):
@@ -115,20 +131,23 @@ def convert_msrvtt(
     split: str = "9k",
     skip_missing: bool = False,
     samples_per_shard: int = 200,
+    val_videos: int = 0,
 ) -> dict:
-    """Write ``train-*.tar`` and ``test-*.tar`` shards of the MSRVTT release at ``root``.
+    """Write ``train-*.tar``, ``test-*.tar`` and (``val_videos > 0``) ``val-*.tar`` shards of the
+    MSRVTT release at ``root``.
 
     Resumable: complete shards already in ``out_dir`` are kept (see ``write_shards``).
 
     Returns:
-        ``{"train": [shard paths], "test": [shard paths], "skipped": [MissingVideo],
+        ``{"train": [shard paths], "val": [shard paths], "test": [shard paths], "skipped":
+        [MissingVideo],
         "test_caption_source": file the test captions came from}``.
 
     Raises:
         MissingVideosError: some listed videos have no mp4 or no caption and ``skip_missing`` is
             false; raised before anything is written.
     """
-    plan = plan_msrvtt(root, split)
+    plan = plan_msrvtt(root, split, val_videos)
     if plan.missing and not skip_missing:
         raise MissingVideosError(plan.missing)
 
@@ -139,6 +158,7 @@ def convert_msrvtt(
 
     return {
         "train": write("train", plan.train),
+        "val": write("val", plan.val),
         "test": write("test", plan.test),
         "skipped": plan.missing,
         "test_caption_source": plan.test_caption_source,

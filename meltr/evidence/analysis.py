@@ -9,14 +9,18 @@ newest meta-network snapshot in ``RUN_DIR/analysis/meta_loss/`` (or ``--snapshot
   their medians over the run (the paper's Fig. 3);
 - ``fig4_dM_dl_over_training.png``: the logged dM/dl_t over the training steps, raw and as a
   trailing moving average (Fig. 4);
+- ``fig5_attention_between_losses.png``: the meta network's self-attention probabilities between
+  the loss tokens, per head and averaged over heads, at the run's logged loss vectors (Fig. 5;
+  ``meltr.evidence.attention`` says what it follows);
 - ``fig6_loss_ranges.png``: each task's loss over the run as a box (quartiles, median, mean) with
   whiskers at the minimum and maximum (Fig. 6);
 - ``fig7_meta_loss_surface.png``: contours of M over a grid of two losses (``--tasks A B``, the
   others at their medians) beside the multi-task sum of all losses on the same grid (Fig. 7);
 - ``figures.json``: every plotted number (see ``analyze_run``).
 
-Figures 3 and 7 are skipped when the run has no snapshot or no config.gin, Fig. 7 also for a
-single task, and Fig. 4 when steps.jsonl has no dM/dl; figures.json's ``skipped`` says why. The
+Figures 3, 5 and 7 are skipped when the run has no snapshot or no config.gin, Fig. 5 also for
+a meta loss without attention (the weighting baselines), Fig. 7 for a single task, and Fig. 4
+when steps.jsonl has no dM/dl; figures.json's ``skipped`` says why. The
 figures are logged to W&B as images (run ``<run dir name>-analysis``, job type ``analysis``).
 Every computation is in float64.
 
@@ -42,6 +46,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
+from meltr.evidence.attention import (
+    attention_maps,
+    has_attention,
+    observed_loss_vectors,
+    plot_fig5,
+)
 from meltr.train import build
 from meltr.train.cli import run_command
 from meltr.train.config import ConfigError, parse_gin
@@ -54,6 +64,7 @@ FIGURES_JSON = f"{ANALYSIS}/figures.json"
 PNG = {
     "fig3": "fig3_meta_loss_per_task.png",
     "fig4": "fig4_dM_dl_over_training.png",
+    "fig5": "fig5_attention_between_losses.png",
     "fig6": "fig6_loss_ranges.png",
     "fig7": "fig7_meta_loss_surface.png",
 }
@@ -413,11 +424,12 @@ def analyze_run(
 
     Its keys: ``tasks``; ``snapshot`` (``{"path", "step"}`` or None); ``percentiles``; ``fig6``
     (``loss_statistics`` per task); ``fig4`` (``dmeta_dl_series``); ``fig3``
-    (``per_task_curves``); ``fig7`` (``meta_loss_surface`` of ``pair``, default the first two
-    tasks); ``png`` (figure -> file written); ``skipped`` (figure -> why it was not drawn).
-    ``snapshot`` picks the step of the meta network (default the newest); ``points`` / ``grid``
-    are the Fig. 3 curve's / Fig. 7 grid's values per axis; ``window`` is Fig. 4's moving
-    average width. AnalysisError (exit 2) as the module docstring says.
+    (``per_task_curves``); ``fig5`` (``attention_maps`` at the logged loss vectors); ``fig7``
+    (``meta_loss_surface`` of ``pair``, default the first two tasks); ``png`` (figure -> file
+    written); ``skipped`` (figure -> why it was not drawn). ``snapshot`` picks the step of the
+    meta network (default the newest); ``points`` / ``grid`` are the Fig. 3 curve's / Fig. 7
+    grid's values per axis; ``window`` is Fig. 4's moving average width. AnalysisError (exit 2)
+    as the module docstring says.
     """
     records = read_steps(run_dir)
     tasks = records.tasks
@@ -443,11 +455,12 @@ def analyze_run(
         missing = (
             f"no snapshot in {run_dir / SNAPSHOTS}" if snapshot_path is None else f"no {config}"
         )
-        result["skipped"] |= {"fig3": missing, "fig7": missing}
+        result["skipped"] |= {"fig3": missing, "fig5": missing, "fig7": missing}
     else:
         network = load_meta_loss(config, snapshot_path, tasks)
         result["snapshot"] = {"path": str(snapshot_path), "step": snapshot_step(snapshot_path)}
-        _add_meta_network_figures(result, network, pair, statistics, points, grid)
+        observed = observed_loss_vectors(records.losses, tasks)
+        _add_meta_network_figures(result, network, pair, statistics, observed, points, grid)
     _draw(run_dir, result)
     (run_dir / FIGURES_JSON).write_text(json.dumps(_to_json(result), indent=1) + "\n")
     return result
@@ -458,13 +471,21 @@ def _add_meta_network_figures(
     network: nn.Module,
     pair: Sequence[str] | None,
     statistics: dict[str, dict[str, float]],
+    observed: np.ndarray,
     points: int,
     grid: int,
 ) -> None:
-    """Add ``fig3`` to ``result``, and ``fig7`` of ``pair`` (default the first two tasks) or,
-    for a single task, the reason it is skipped."""
+    """Add ``fig3`` to ``result``; ``fig5`` at the ``observed`` loss vectors ``[N, T]``; and
+    ``fig7`` of ``pair`` (default the first two tasks); or the reasons they are skipped."""
     tasks = result["tasks"]
     result["fig3"] = per_task_curves(network, tasks, statistics, points)
+    if not has_attention(network):
+        kind = type(network).__name__
+        result["skipped"]["fig5"] = f"the meta loss ({kind}) has no attention between losses"
+    elif not len(observed):
+        result["skipped"]["fig5"] = "no logged step has every loss finite"
+    else:
+        result["fig5"] = attention_maps(network, observed)
     if len(tasks) < 2:
         result["skipped"]["fig7"] = f"the run has one task ({tasks[0]}); Fig. 7 needs two"
     else:
@@ -478,6 +499,7 @@ def _draw(run_dir: Path, result: dict[str, Any]) -> None:
     drawers = {
         "fig3": lambda data, path: plot_fig3(data, step, path),
         "fig4": plot_fig4,
+        "fig5": lambda data, path: plot_fig5(data, result["tasks"], step, path),
         "fig6": plot_fig6,
         "fig7": lambda data, path: plot_fig7(data, step, path),
     }
@@ -506,7 +528,7 @@ def log_figures(run_dir: Path, pngs: dict[str, str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Draw the MELTR paper's analysis figures (3, 4, 6, 7) of a finished run into "
+        description="Draw the MELTR paper's analysis figures (3 to 7) of a finished run into "
         "RUN_DIR/analysis/, with their numbers in RUN_DIR/analysis/figures.json.",
         allow_abbrev=False,
     )

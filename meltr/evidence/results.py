@@ -1,5 +1,6 @@
 """The results of a comparison: one row per run, a table per method with the seed spread, the gain
-over a baseline method with a paired t-test, and a plot.
+over a baseline method with a paired t-test, a Wilcoxon signed-rank test and a bootstrap
+confidence interval (``meltr.evidence.stats``), and a plot.
 
 Each run's numbers come from its ``results.json`` (written by the training loop from the
 evaluations it logged to ``metrics.jsonl``): the selection metric and the test metrics of the
@@ -19,7 +20,16 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from meltr.evidence.stats import PairedTest, Summary, paired_t_test, summarize
+from meltr.evidence.stats import (
+    BOOTSTRAP_METHOD,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    PairedComparison,
+    Summary,
+    paired_comparison,
+    summarize,
+)
 
 SIGNIFICANCE = 0.05
 
@@ -72,11 +82,12 @@ def write_csv(results: Sequence[RunResult], path: Path) -> None:
 @dataclass(frozen=True)
 class MethodRow:
     """A method's line of the table: its values of ``metric``, one per seed in seed order, and,
-    for methods other than the baseline, the paired test against it over the seeds both have."""
+    for methods other than the baseline, the paired comparison with it over the seeds both
+    have."""
 
     method: str
     values: tuple[float, ...]
-    versus_baseline: PairedTest | None
+    versus_baseline: PairedComparison | None
 
     @property
     def summary(self) -> Summary:
@@ -96,13 +107,15 @@ def method_rows(results: Sequence[RunResult], metric: str, baseline: str | None)
         if reference is not None and method != baseline:
             common = sorted(set(values) & set(reference))
             if common:
-                test = paired_t_test([values[s] for s in common], [reference[s] for s in common])
+                test = paired_comparison(
+                    [values[s] for s in common], [reference[s] for s in common]
+                )
         rows.append(MethodRow(method, tuple(values[s] for s in sorted(values)), test))
     return rows
 
 
-def verdict(test: PairedTest, higher_is_better: bool, baseline: str) -> str:
-    """A plain statement of ``test`` (method minus baseline over common seeds)."""
+def verdict(test: PairedComparison, higher_is_better: bool, baseline: str) -> str:
+    """A plain statement of ``test``'s t-test (method minus baseline over common seeds)."""
     if test.n < 2:
         return f"one common seed with {baseline}: no test"
     better = (test.mean_difference > 0) == higher_is_better
@@ -115,26 +128,33 @@ def verdict(test: PairedTest, higher_is_better: bool, baseline: str) -> str:
 
 
 def markdown_table(results: Sequence[RunResult], metric: str, baseline: str | None) -> str:
-    """The markdown table of ``metric`` per method: n, mean, std, min, max, and the gain over
-    ``baseline`` (mean paired difference ± its standard error, p of the paired t-test; better or
-    worse in the direction of the runs' selection metric)."""
+    """The markdown table of ``metric`` per method: n, mean, std, min, max, and against
+    ``baseline``: the gain (mean paired difference ± its standard error), its bootstrap
+    confidence interval, the paired t-test's verdict and p (better or worse in the direction of
+    the runs' selection metric) and the Wilcoxon signed-rank p."""
+    level = f"{100 * CONFIDENCE:g} %"
     lines = [
         "| method | seeds | mean | std | min | max | gain over "
         + (baseline or "baseline")
-        + " | paired t-test |",
-        "|---|---|---|---|---|---|---|---|",
+        + f" | {level} CI of the gain | paired t-test | Wilcoxon p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in method_rows(results, metric, baseline):
         s, test = row.summary, row.versus_baseline
         if test is None:
-            gain, statement = "-", "(baseline)" if row.method == baseline else "-"
+            gain, interval, wilcoxon = "-", "-", "-"
+            statement = "(baseline)" if row.method == baseline else "-"
         else:
             error = "" if math.isnan(test.standard_error) else f" ± {test.standard_error:.2f}"
             gain = f"{test.mean_difference:+.2f}{error}"
+            interval = (
+                "-" if math.isnan(test.ci_low) else f"[{test.ci_low:+.2f}, {test.ci_high:+.2f}]"
+            )
+            wilcoxon = "-" if math.isnan(test.wilcoxon_p) else f"{test.wilcoxon_p:.3g}"
             statement = verdict(test, results[0].higher_is_better, baseline)
         lines.append(
             f"| {row.method} | {s.n} | {s.mean:.2f} | {s.std:.2f} | {s.min:.2f} | {s.max:.2f} "
-            f"| {gain} | {statement} |"
+            f"| {gain} | {interval} | {statement} | {wilcoxon} |"
         )
     return "\n".join(lines)
 
@@ -177,8 +197,11 @@ def write_markdown(
         f"# Comparison: {metric} ({direction} is better)",
         f"Selection: each run's checkpoint with the best `{results[0].selection}`; its test "
         "score is reported. Mean, sample std, min and max over seeds; the gain is the mean of "
-        "the per-seed differences to the baseline (same seed), ± its standard error, tested "
-        "with a two-sided paired t-test.",
+        "the per-seed differences to the baseline (same seed), ± its standard error, with its "
+        f"{100 * CONFIDENCE:g} % bootstrap confidence interval ({BOOTSTRAP_METHOD}, "
+        f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}), tested with a two-sided "
+        "paired t-test (the verdict) and a two-sided Wilcoxon signed-rank test (zero "
+        "differences dropped; exact for up to 13 seeds). All from scipy.stats.",
         markdown_table(results, metric, baseline),
     ]
     last = "last/" + metric.removeprefix("best/")

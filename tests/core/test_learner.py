@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from core_toys import MLP, mlp_batch, mlp_source
+from release_loop import release_loop
 from torch import nn
 
 import meltr
@@ -582,53 +583,6 @@ def test_meta_loss_runs_outside_autocast():
 # ---------------------------------------------------------------- the release's loop
 
 
-def _release_loop(model, meta, batches, *, every, replay, eviction, gamma, clip, seed):
-    """The MELTR release's training loop (All-in-one ``training_step``, Violet ``go_dl``),
-    written from its definition: inner update on ``M(l)``; at iterations 0, K, 2K: B_pri and
-    B_aux drawn from the earlier batches (the current one while there are none), ``L_val =
-    l_0(B_pri) + gamma |sum l(B_aux) - M(l(B_aux))|``, phi.grad = -d/dphi [dL_val/dw . dM/dw]
-    (double backward), clipped, meta Adam step; then the batch is buffered and, beyond
-    ``replay``, one of the older ``replay`` evicted (the oldest, or at random with weights
-    1..replay). Draws follow the learner's documented protocol on its generator."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    meta_optimizer = torch.optim.Adam(meta.parameters(), lr=0.05)
-    weights, phi = list(model.parameters()), list(meta.parameters())
-    buffer = []
-
-    def losses(batch):
-        return torch.stack(list(mlp_source(model, batch).values()))
-
-    for iteration, batch in enumerate(batches):
-        optimizer.zero_grad()
-        meta(losses(batch)).backward()
-        meta.zero_grad()
-        optimizer.step()
-        if iteration % every == 0:
-            primary = aux = batch
-            if buffer:
-                i, j = torch.randint(len(buffer), (2,), generator=generator).tolist()
-                primary, aux = buffer[i], buffer[j]
-            l_train = losses(aux)
-            m = meta(l_train)
-            val = losses(primary)[0] + gamma * (l_train.sum() - m).abs()
-            d_val = torch.autograd.grad(val, weights, retain_graph=True)
-            d_train = torch.autograd.grad(m, weights, create_graph=True)
-            v4 = torch.autograd.grad(d_train, phi, grad_outputs=d_val, allow_unused=True)
-            meta_optimizer.zero_grad()
-            for p, g in zip(phi, v4, strict=True):
-                p.grad = None if g is None else -g
-            nn.utils.clip_grad_norm_(phi, clip)
-            meta_optimizer.step()
-        buffer.append(batch)
-        if len(buffer) > replay:
-            if eviction == "oldest":
-                buffer.pop(0)
-            else:
-                weights_ = torch.arange(1.0, replay + 1, dtype=torch.float64)
-                buffer.pop(int(torch.multinomial(weights_, 1, generator=generator)))
-
-
 @pytest.mark.parametrize("eviction", ["weighted", "oldest"])
 def test_release_schedule_matches_the_release_loop(eviction):
     every, replay, steps = 3, 2, 4  # meta steps at iterations 0 and 3, one eviction before 3
@@ -653,10 +607,13 @@ def test_release_schedule_matches_the_release_loop(eviction):
     )
     meta_steps = [i for i in range(steps) if "meta/L_pri" in learner.step(batches[i])]
     assert meta_steps == [0, 3]
-    _release_loop(
+    release_loop(
         reference_model,
         reference_meta,
         batches,
+        lambda model, batch: torch.stack(list(mlp_source(model, batch).values())),
+        optimizer=torch.optim.SGD(reference_model.parameters(), lr=0.1),
+        meta_optimizer=torch.optim.Adam(reference_meta.parameters(), lr=0.05),
         every=every,
         replay=replay,
         eviction=eviction,

@@ -78,6 +78,19 @@ def test_7k_split_and_first_caption_without_the_pkl(release, tmp_path):
     assert {v: m["captions"] for v, (_, m) in test.items()} == {v: [caption(v, 0)] for v in TEST}
 
 
+def test_val_holds_out_the_last_training_videos_with_their_first_caption(release, tmp_path):
+    result = convert_msrvtt(release, tmp_path / "shards", "9k", val_videos=2)
+    assert read_tars(result["train"])[1] == TRAIN_9K[:-2]
+    val, order = read_tars(result["val"])
+    assert order == TRAIN_9K[-2:]
+    for video in TRAIN_9K[-2:]:
+        assert val[video][1] == {"video_id": video, "captions": [caption(video, 0)], "split": "val"}
+    assert read_tars(result["test"])[1] == TEST
+    assert convert_msrvtt(release, tmp_path / "none")["val"] == []
+    with pytest.raises(ValueError, match=r"val_videos must be in \[0, 5\)"):
+        convert_msrvtt(release, tmp_path / "bad", "9k", val_videos=5)
+
+
 def test_the_univl_csv_takes_precedence_for_the_test_split(release, tmp_path):
     rows = [("ret0", "msr6", "video6", "a csv sentence"), ("ret1", "msr5", "video5", "another")]
     with open(release / "MSRVTT_JSFUSION_test.csv", "w", newline="") as file:

@@ -10,10 +10,13 @@ import pytest
 import torch
 from tiny_recipe import tiny_quickstart_args
 
+import meltr
 from meltr.evidence.analysis import PNG, main
+from meltr.evidence.attention import has_attention
 from meltr.train.cli import main as train_main
 from meltr.train.config import parse_gin
 from meltr.train.run_log import read_jsonl
+from meltr.weighting import FixedWeights
 
 WINDOW = 3
 
@@ -132,6 +135,29 @@ def test_fig7_is_the_meta_network_beside_the_sum_on_one_grid(run, steps):
     np.testing.assert_allclose(surface["M"], expected, rtol=1e-10, atol=1e-14)
 
 
+def test_fig5_is_the_snapshots_attention_between_losses_at_the_logged_losses(run, steps):
+    """Against torch's MultiheadAttention with the snapshot's projection weights, fed the tokens
+    (scale embedding of each loss + task embedding) of every logged loss vector."""
+    run_dir, figures = run
+    network = rebuilt_meta_loss(run_dir, figures["snapshot"]["step"])
+    own = network.attention
+    dim = own.in_proj.in_features
+    reference = torch.nn.MultiheadAttention(dim, own.heads, batch_first=True).double()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(own.in_proj.weight)
+        reference.in_proj_bias.copy_(own.in_proj.bias)
+    losses = torch.tensor(np.stack([steps["loss/itc"], steps["loss/mlm"]], axis=1))
+    with torch.no_grad():
+        tokens = network.scale_embedding(losses.unsqueeze(-1)) + network.task_embedding.weight
+        _, weights = reference(tokens, tokens, tokens, average_attn_weights=False)
+    expected = weights.mean(dim=0).numpy()  # [heads, T, T], averaged over the logged steps
+    fig5 = figures["fig5"]
+    assert fig5["num_loss_vectors"] == len(losses)
+    np.testing.assert_allclose(fig5["per_head"], expected, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(fig5["mean"], expected.mean(axis=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(np.sum(fig5["mean"], axis=1), 1.0, rtol=1e-12)
+
+
 def test_an_earlier_snapshot_and_the_error_for_a_missing_one(run, capsys):
     run_dir, _ = run
     assert main([str(run_dir), "--snapshot", "3", "--points", "5", "--grid", "3"]) == 0
@@ -162,7 +188,7 @@ def test_without_snapshots_only_figures_4_and_6_are_drawn(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     figures = json.loads((tmp_path / "analysis" / "figures.json").read_text())
     assert set(figures["png"]) == {"fig4", "fig6"}
-    assert set(figures["skipped"]) == {"fig3", "fig7"}
+    assert set(figures["skipped"]) == {"fig3", "fig5", "fig7"}
     assert "fig3 skipped: no snapshot in" in capsys.readouterr().out
     assert figures["fig6"]["a"]["count"] == 1 and figures["fig6"]["a"]["max"] == 1.0
     assert figures["fig4"]["b"] == {
@@ -171,3 +197,9 @@ def test_without_snapshots_only_figures_4_and_6_are_drawn(tmp_path, capsys):
         "moving_average": [0.1],
         "window": 1,
     }
+
+
+def test_fig5_needs_a_meta_network_with_attention():
+    assert has_attention(meltr.MetaLossTransformer(2, dim=8, heads=2, ff_dim=8, scale_hidden=4))
+    assert not has_attention(meltr.LinearMetaLoss(2))
+    assert not has_attention(FixedWeights(2, "sum"))
