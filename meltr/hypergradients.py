@@ -1,4 +1,4 @@
-"""Hypergradients ``dL_pri/dphi`` on one pair of evaluated batches (DESIGN.md section 1).
+"""Hypergradients ``dL_pri/dphi`` on one pair of evaluated batches (docs/design.md, section 1).
 
 Notation: w the model's trainable parameters, phi the meta loss's parameters, ``l(w; B)`` the
 ``[T]`` task-loss vector of batch B (primary task first) and ``M(l; phi)`` the meta loss. The

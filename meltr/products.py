@@ -1,4 +1,4 @@
-"""Jacobian- and Hessian-vector products of the backbone's losses (DESIGN.md section 2).
+"""Jacobian- and Hessian-vector products of the backbone's losses (docs/design.md, section 2).
 
 Every backend offers two products along a tangent ``q`` shaped like the trainable parameters:
 

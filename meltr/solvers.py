@@ -1,4 +1,4 @@
-"""Hypergradient solvers: how ``q ~= H^{-1} v`` is obtained (DESIGN.md section 1).
+"""Hypergradient solvers: how ``q ~= H^{-1} v`` is obtained (docs/design.md, section 1).
 
 Every solver computes the hypergradient of a ``meltr.hypergradients.MetaProblem`` through one
 method, ``hypergradient(problem)``, and says whether a data-parallel run can execute it
