@@ -13,8 +13,9 @@ from torch import nn
 
 from meltr.benchmarks.common import GAMMA, dot
 from meltr.benchmarks.transformer import loss_source
+from meltr.hypergradients import HVPSampler
 from meltr.objective import math_attention
-from meltr.solvers import Neumann
+from meltr.solvers import ImplicitSolver, Neumann
 
 POWER_ITERATIONS = 10
 DAMPING_OVER_RADIUS = 2.0
@@ -109,16 +110,19 @@ def exact_reference(model: nn.Module, meta: nn.Module, batch: dict) -> Reference
     return Reference(list(grads), radius, damping, iterations, final_residual)
 
 
-class Damped:
-    """An implicit solver applied to ``H + damping I`` instead of H."""
-
-    needs_hvp = True
+class Damped(ImplicitSolver):
+    """An implicit solver applied to ``H + damping I`` instead of H (``sample_hvp`` unused)."""
 
     def __init__(self, solver: Neumann, damping: float) -> None:
         self.solver = solver
         self.damping = damping
 
-    def solve(self, hvp: Callable[[Vector], Vector], v: Sequence[torch.Tensor]) -> Vector:
+    def solve(
+        self,
+        hvp: Callable[[Vector], Vector],
+        v: Sequence[torch.Tensor],
+        sample_hvp: HVPSampler | None = None,
+    ) -> Vector:
         return self.solver.solve(
             lambda x: [h + self.damping * t for h, t in zip(hvp(x), x, strict=True)], v
         )

@@ -1,8 +1,8 @@
 """The one module of the benchmarks that reaches into ``meltr``'s private parts: the learner's
 pinned forward and frozen meta network (the inner Hessian's products, for
 ``tools/hessian_spectrum.py``) and the functions a hypergradient's phases are timed by (``tools/
-bench_scale.py --profile``). A refactoring of ``meltr/learner.py`` or ``meltr/products.py``
-updates this file alone."""
+bench_scale.py --profile``). A refactoring of ``meltr/learner.py``, ``meltr/hypergradients.py`` or
+``meltr/finite_differences.py`` updates this file alone."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ from typing import Any
 
 import torch
 
+import meltr.finite_differences
+import meltr.hypergradients
 import meltr.learner
 import meltr.objective
-import meltr.products
 
 Vectors = list[torch.Tensor]
 
 # (owner, attribute, label): the functions that make up a hypergradient's phases.
 PROFILED_PHASES = [
     (meltr.learner.MetaLearner, "_forward", "forward with graph (loss source)"),
-    (meltr.learner, "backward_gradients", "backward for v"),
-    (meltr.learner, "task_gradients", "per-task backwards (v, c)"),
-    (meltr.products, "finite_difference_step", "step rule (|w|.|q|, ||q||^2)"),
+    (meltr.hypergradients, "backward_gradients", "backward for v"),
+    (meltr.hypergradients, "task_gradients", "per-task backwards (v, c)"),
+    (meltr.finite_differences, "finite_difference_step", "step rule (|w|.|q|, ||q||^2)"),
     (meltr.objective.PinnedLosses, "__call__", "perturbed no-grad forwards"),
-    (meltr.products, "perturbed_evaluations", "perturbed evaluations (with forwards)"),
+    (meltr.finite_differences, "perturbed_evaluations", "perturbed evaluations (with forwards)"),
 ]
 
 
@@ -35,7 +36,7 @@ def inner_hessian_product(
     phi) / dw^2`` at the learner's current weights, by the learner's own products (the code path
     of its solvers) at one pinned forward of ``batch``; ``x`` and the result are CPU tensors
     shaped like ``like`` (the trainable parameters). Changes no state."""
-    meta, params = learner._frozen_meta(), learner.params
+    meta, params = learner.meta_network.frozen(), learner.params
     losses = learner._forward(batch).losses
 
     def hvp(x: Vectors) -> Vectors:
