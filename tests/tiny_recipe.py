@@ -1,8 +1,9 @@
 """The tiny synthetic dataset and the quickstart command line shrunk to seconds, shared by the
-tests that train (``tests/train``, ``tests/evidence``). Their conftest files import the fixtures
-``tiny_dataset`` and ``no_network_wandb`` from here. For the backbones' recipe tests: the loop and
-meta-network settings that shrink a quick recipe to seconds, the ``recipe_environment`` fixture,
-and ``cli_worker``, the training command on one spawned rank (the two-rank runs)."""
+tests that train (``tests/train``, ``tests/evidence``, ``tests/benchmarks``). Their conftest files
+import the fixtures ``tiny_dataset``, ``no_network_wandb`` and ``tiny_args`` from here. For the
+backbones' recipe tests: the loop and meta-network settings that shrink a quick recipe to
+seconds, the ``recipe_environment`` fixture, and ``cli_worker``, the training command on one
+spawned rank (the two-rank runs)."""
 
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def tiny_dataset(tmp_path_factory):
 def no_network_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def tiny_args(tiny_dataset):
+    """``tiny_args(output, data_dir=None)``: the quickstart command line shrunk to seconds (in
+    the W&B sweep-agent argument style), on the tiny dataset unless ``data_dir`` is given."""
+
+    def args(output, data_dir=None) -> list[str]:
+        return tiny_quickstart_args(data_dir or tiny_dataset["root"], tiny_dataset["vocab"], output)
+
+    return args
 
 
 def tiny_quickstart_args(data_dir: str, vocab: str, output) -> list[str]:

@@ -22,6 +22,7 @@ class Classification:
     """Top-k accuracy (percent) of ``model(mode="classify", **inputs)["logits"]`` against
     ``batch["label"]``; ``input_keys`` are the batch keys fed to the model. With ``views > 1``
     the softmax probabilities of the views are averaged. Selects on ``top1``, higher is better.
+    ``check_model`` refuses, when the recipe is built, a ``topk`` the model's classes cannot fill.
     """
 
     selection_metric = "top1"
@@ -31,6 +32,22 @@ class Classification:
         if not topk or any(not isinstance(k, int) or k < 1 for k in topk):
             raise ValueError(f"topk must be positive integers, got {topk!r}")
         self.input_keys, self.topk = tuple(input_keys), tuple(topk)
+
+    def check_model(self, model: nn.Module) -> None:
+        """ValueError naming ``Classification.topk`` when a k exceeds the model's ``num_classes``
+        attribute (a top-k of C classes needs k <= C); a model without the attribute is not
+        checked here (``topk_accuracy`` refuses it at the first evaluation)."""
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is None:
+            return
+        too_large = [k for k in self.topk if k > num_classes]
+        if too_large:
+            fits = tuple(k for k in self.topk if k <= num_classes) or (1,)
+            raise ValueError(
+                f"Classification.topk = {self.topk} asks for top-{max(too_large)} accuracy, but "
+                f"the model has {num_classes} classes ({type(model).__name__}.num_classes); "
+                f"bind Classification.topk = {fits}"
+            )
 
     @torch.no_grad()
     def _scores(

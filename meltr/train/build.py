@@ -117,9 +117,10 @@ class Components:
 
 
 def build(settings: RunSettings, recipe: Recipe, probe_batch: Any | None = None) -> Components:
-    """Build the tokenizer, model, decoder, training transforms and task; the meta loss when the
-    number of tasks is known (``loss_source.tasks``, or a call on ``probe_batch``). Nothing is
-    moved to a device and no checkpoint is read (see ``load_initial_checkpoint``)."""
+    """Build the tokenizer, model, decoder, training transforms and task (checked against the
+    model, ``check_task_fits_model``); the meta loss when the number of tasks is known
+    (``loss_source.tasks``, or a call on ``probe_batch``). Nothing is moved to a device and no
+    checkpoint is read (see ``load_initial_checkpoint``)."""
     tokenizer = (
         None
         if recipe.tokenizer is None
@@ -141,9 +142,22 @@ def build(settings: RunSettings, recipe: Recipe, probe_batch: Any | None = None)
             for transform in recipe.train_transforms
         ],
     )
+    check_task_fits_model(components.task, model)
     if getattr(recipe.loss_source, "tasks", None) is not None or probe_batch is not None:
         components.build_meta_loss(len(task_names(recipe.loss_source, model, probe_batch)))
     return components
+
+
+def check_task_fits_model(task: Any, model: nn.Module) -> None:
+    """The task's optional ``check_model(model)``: its ValueError (a task setting the model cannot
+    serve, e.g. a top-5 accuracy of 3 classes) becomes a ConfigError, raised before training."""
+    check = getattr(task, "check_model", None)
+    if check is None:
+        return
+    try:
+        check(model)
+    except ValueError as error:
+        raise ConfigError(f"Recipe.task = {_name(task)}: {error}") from None
 
 
 def load_initial_checkpoint(components: Components) -> LoadReport | None:

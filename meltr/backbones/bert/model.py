@@ -73,7 +73,9 @@ class BertTextModel(nn.Module):
       ``[B, L]``) is True, in row-major order: the vocabulary product runs on those rows only.
 
     Dropout (config ``hidden_dropout_prob`` / ``attention_probs_dropout_prob``) is active in train
-    mode and draws from the global torch RNG. The encoder layers are the FSDP units.
+    mode and draws from the global torch RNG. The encoder layers are the FSDP units;
+    ``num_classes`` is kept as an attribute (the Classification task checks its ``topk`` against
+    it).
     """
 
     def __init__(self, config: BertConfig, num_classes: int = 2, pooling: str = "mean") -> None:
@@ -82,7 +84,7 @@ class BertTextModel(nn.Module):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.config, self.pooling = config, pooling
+        self.config, self.pooling, self.num_classes = config, pooling, num_classes
         width, eps = config.hidden_size, config.layer_norm_eps
         self.embeddings = BertEmbeddings(
             config.vocab_size,

@@ -40,7 +40,8 @@ class CifarResNet(nn.Module):
 
     ``forward(mode=..., image=[B, 3, H, W])``: ``"classify"`` -> ``{"logits": [B, num_classes]}``,
     ``"rotation"`` -> ``{"logits": [B, 4]}`` (which of 0/90/180/270 degrees), ``"features"`` ->
-    ``{"features": [B, 64 * width]}``. The three stages are the FSDP units.
+    ``{"features": [B, 64 * width]}``. The three stages are the FSDP units; ``num_classes`` is
+    kept as an attribute (the Classification task checks its ``topk`` against it).
     """
 
     def __init__(self, num_classes: int = 100, blocks_per_stage: int = 5, width: int = 1) -> None:
@@ -52,6 +53,7 @@ class CifarResNet(nn.Module):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.num_classes = num_classes
         channels = [16 * width, 32 * width, 64 * width]
         self.stem = nn.Sequential(
             nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU()

@@ -114,7 +114,8 @@ class Violet(nn.Module):
       [B, K]}`` (one cross pass per option, head ``fc_mc``); open-ended with ``text_ids`` /
       ``text_mask`` -> ``{"logits": [B, num_answers]}`` (head ``fc_oe``); plus a video input.
     - ``"classify"``: a video input, optional text (default the empty text ``[CLS] [SEP]``) ->
-      ``{"logits": [B, num_classes]}`` (head ``fc_cls`` at the text [CLS]).
+      ``{"logits": [B, num_classes]}`` (head ``fc_cls`` at the text [CLS]; ``num_classes``, 0
+      without the head, is kept as an attribute for the Classification task's ``topk`` check).
     - ``"pretext"``: a video input, optional text (default ``[CLS] [SEP]``) -> ``{"mtm_logits":
       [B, L, V], "mvm_logits": [B, F, g, g, 8192]}`` from one cross pass (MVM on the patch
       positions only; the frame cls slots have no target).
@@ -150,7 +151,7 @@ class Violet(nn.Module):
         for name, token in (("cls_id", cls_id), ("sep_id", sep_id)):
             if not 0 <= token < vocab_size:
                 raise ValueError(f"{name}={token} lies outside the vocabulary of {vocab_size}")
-        self.max_text_positions = max_text_positions
+        self.max_text_positions, self.num_classes = max_text_positions, num_classes
         self.register_buffer("empty_text", torch.tensor([[cls_id, sep_id]]), persistent=False)
         swin = SwinTransformer3D(
             tuple(swin_patch),

@@ -1,36 +1,26 @@
-"""tools/bench_scale.py: its release recipe, memory peak and table arithmetic."""
+"""tools/bench_scale.py (meltr.benchmarks.scale): its release recipe, memory peak and table
+arithmetic."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import meltr
+from meltr.benchmarks import scale as bench
+from meltr.benchmarks.common import relative_error
+from meltr.benchmarks.scale_rows import make_learner, release_hypergradient
+from meltr.benchmarks.transformer import TransformerSize
+from meltr.benchmarks.workloads import transformer_builder
 from meltr.objective import math_attention
 from meltr.solvers import Identity
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_scale", TOOLS / "bench_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
-TINY = bench.bench_hypergrad.TransformerSize(16, 2, 2, 6, 3, 11)
+TINY = TransformerSize(16, 2, 2, 6, 3, 11)
 
 
 def _tiny_workload():
     torch.manual_seed(0)
-    build = bench._transformer_builder(TINY, "tiny")
+    build = transformer_builder(TINY, "tiny")
     workload = build(None, torch.device("cpu"))
     workload.model.double()
     return workload
@@ -45,12 +35,12 @@ def test_release_recipe_is_the_learner_hypergradient_without_direct_term():
         for p in meta.parameters():
             p.add_(0.3 * torch.randn_like(p))
     primary, aux = workload.make_batch(0), workload.make_batch(1)
-    learner = bench.make_learner(workload, meta, Identity(), "autograd")
+    learner = make_learner(workload, meta, Identity(), "autograd")
     learner.direct_grad = False
     expected = learner.hypergradient(primary, aux)
     with math_attention():
-        actual = bench.release_hypergradient(workload, meta, primary, aux)
-    assert bench.relative_error(actual, expected) < 1e-10
+        actual = release_hypergradient(workload, meta, primary, aux)
+    assert relative_error(actual, expected) < 1e-10
 
 
 def test_cpu_peak_counts_what_is_alive_at_once():

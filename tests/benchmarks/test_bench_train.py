@@ -1,27 +1,13 @@
-"""tools/bench_train.py: timing reconstruction from metrics.jsonl and the table's statistics."""
+"""tools/bench_train.py (meltr.benchmarks.training): timing reconstruction from metrics.jsonl and
+the table's statistics."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from meltr.benchmarks import training as bench
 from meltr.train.cli import main
 from meltr.train.run_log import read_metrics
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "tools" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_tool()
 
 
 def test_run_timing_against_hand_computed_intervals():
