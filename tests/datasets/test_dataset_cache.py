@@ -5,7 +5,7 @@ import multiprocessing
 import tarfile
 
 from meltr.data.cache import cache_root
-from meltr.data.synthetic_images import cached_synthetic_images
+from meltr.data.synthetic.shape_images import cached_synthetic_images
 
 ARGUMENTS = dict(num_train=48, num_val=8, num_test=8, size=8, seed=3, workers=1)
 
