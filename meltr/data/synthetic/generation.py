@@ -14,13 +14,14 @@ and finds one of three cases:
 
 - **the same dataset, complete** (same generator and arguments, every listed file there): reused
   as it is; nothing is written;
-- **the same dataset, incomplete** (interrupted, or a file lost since): resumed; complete shards
-  are kept, the rest is written;
-- **another dataset** (other arguments, another generator, an older or unreadable manifest, or
-  shards without a manifest): refused with a ValueError naming the directory and both argument
-  sets. With ``replace=True`` its files (shards, partial shards, conversion record, manifest, the
-  files the manifest lists or the plan writes; nothing else) are deleted instead and the dataset
-  generated anew.
+- **the same dataset, incomplete** (interrupted, or a file lost since) with its shards'
+  ``conversion.json``: resumed; complete shards are kept, the rest is written;
+- **another dataset** (other arguments, another generator, an older or unreadable manifest, shards
+  without a manifest, or an incomplete dataset without a conversion record, such as the caches meltr
+  wrote before the writer kept one): refused with a ValueError naming the directory and both
+  argument sets. With ``replace=True`` its files (shards, partial shards, conversion record,
+  manifest, the files the manifest lists or the plan writes; nothing else) are deleted instead and
+  the dataset generated anew.
 
 The generators' ``generate_*(directory, ...)`` refuse by default (a directory of the user's is
 never emptied behind their back); their ``cached_*(...)`` replace, since a cache folder is
@@ -107,8 +108,9 @@ def generate_dataset(
         )
         if same and manifest.get("complete") and _all_present(directory, manifest["files"]):
             return _paths(directory, manifest["files"])
-        if not same and (manifest is not None or _shard_files(directory)):
-            found = _describe(manifest)
+        unrecorded = same and not (directory / RECORD).is_file() and bool(_shard_files(directory))
+        if (not same or unrecorded) and (manifest is not None or _shard_files(directory)):
+            found = "shards without a conversion record" if unrecorded else _describe(manifest)
             if not replace:
                 raise ValueError(
                     f"{directory} holds another dataset ({found}), not the "
