@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -116,6 +117,16 @@ class PinnedLosses:
         """Losses at the model's live parameters (graph recorded if grad mode is on)."""
         return self._evaluate(self.model)
 
+    def without_graph(self) -> torch.Tensor:
+        """Losses at the model's live parameters without a graph, leaving no trace (the global
+        RNG and the model's buffers are restored)."""
+        with torch.no_grad(), without_side_effects(self.model):
+            return self().detach()
+
+    def on(self, batch: Any) -> PinnedLosses:
+        """The same loss function on another batch, its RNG state pinned now."""
+        return PinnedLosses(self.model, self.loss_source, batch, self.keys)
+
     def at(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Losses with the named parameters replaced by ``params`` (``torch.func`` compatible).
 
@@ -127,3 +138,86 @@ class PinnedLosses:
         named = {f"model.{name}": value for name, value in params.items()}
         named |= {f"model.{name}": b.clone() for name, b in self.model.named_buffers()}
         return torch.func.functional_call(wrapper, named, ())
+
+
+@dataclass
+class Pass:
+    """One evaluation of a batch with a graph: the pinned loss function, its ``[T]`` losses and
+    the task losses as the loss source returned them (a backward from one of them traverses that
+    task's graph only; a backward through ``values`` traverses all, with zero gradients).
+
+    ``graph_needed``: the training step's own pass, whose graph its inner update backpropagates
+    through later (a backward taken earlier must keep it). ``task_gradients``: the per-task
+    gradients ``[dl_t/dw for t]`` once a hypergradient has taken them from this pass (freeing
+    its graph where tasks do not share it); the inner update on this pass combines them instead
+    of a backward of its own.
+    """
+
+    losses: PinnedLosses
+    values: torch.Tensor
+    tasks: list[torch.Tensor]
+    graph_needed: bool = False
+    task_gradients: list[list[torch.Tensor]] | None = None
+
+
+def evaluate(
+    model: nn.Module, loss_source: LossSource, batch: Any, keys: Sequence[str] | None
+) -> Pass:
+    """``loss_source(model, batch)`` with a graph, the global RNG state pinned first, as a pass
+    whose losses are in the order of ``keys`` (None: the loss source's own order)."""
+    rng = capture_rng()
+    raw = loss_source(model, batch)
+    keys = list(raw.keys()) if keys is None else list(keys)
+    values = stack_losses(raw, keys)
+    pinned = PinnedLosses(model, loss_source, batch, keys, rng)
+    return Pass(pinned, values, [raw[key].reshape(()) for key in keys])
+
+
+def evaluate_pair(
+    forward: Callable[[Any], Pass], primary_batch: Any, aux_batch: Any, current: Pass | None
+) -> tuple[Pass, Pass]:
+    """The passes of two batches by ``forward``, primary first, one pass when they are the same
+    object; ``current`` (a pass at the current weights) serves either side whose batch is its
+    batch instead of a new forward."""
+
+    def evaluated(batch: Any) -> Pass:
+        if current is not None and batch is current.losses.batch:
+            return current
+        return forward(batch)
+
+    primary = evaluated(primary_batch)
+    return primary, primary if aux_batch is primary_batch else evaluated(aux_batch)
+
+
+def check_keys(first: Pass, num_tasks: int | None) -> list[str]:
+    """The loss keys of a loss source's first pass, once they are known to be usable:
+    ValueError unless the losses depend on the trainable parameters (when grad mode is on) and
+    their number is ``num_tasks`` (the meta loss's, when it has one)."""
+    keys = first.losses.keys
+    if torch.is_grad_enabled() and not any(task.requires_grad for task in first.tasks):
+        raise ValueError(
+            f"none of the losses {keys} depends on the model's trainable parameters "
+            "(no autograd graph): compute them from model(...) outputs, with grad enabled"
+        )
+    if num_tasks is not None and num_tasks != len(keys):
+        raise ValueError(
+            f"meta loss has num_tasks={num_tasks} but the loss source returned "
+            f"{len(keys)} losses {keys}"
+        )
+    return keys
+
+
+@contextlib.contextmanager
+def without_side_effects(model: nn.Module) -> Iterator[None]:
+    """Restore the global RNG(s) and ``model``'s buffers on exit."""
+    rng = capture_rng()
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        # Through ``.data``: a bit-exact restore must not bump the buffers' autograd version
+        # counters, or the training step's recorded graph (which saved them) would be refused.
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.data.copy_(saved)
+        restore_rng(rng)

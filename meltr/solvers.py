@@ -1,32 +1,58 @@
-"""Hypergradient solvers: how ``q ~= H^{-1} v`` is obtained (DESIGN.md section 1).
+"""Hypergradient solvers: how ``q ~= H^{-1} v`` is obtained (docs/design.md, section 1).
 
-``Identity``, ``Neumann``, ``ConjugateGradient`` and ``StocBIO`` are implicit solvers:
-``solve(hvp, v, sample_hvp)`` maps the gradient ``v = dL_pri/dw`` (a list of tensors shaped like
-the trainable parameters) to ``q`` using only Hessian-vector products: ``hvp(x) = H x`` with the
-Hessian of ``L_aux`` on the aux batch, and ``sample_hvp()``, which draws a fresh batch (the learner
-draws from its replay buffer) and returns the products ``x -> H_j x`` on that batch. The
-deterministic solvers use ``hvp`` only; ``StocBIO`` uses ``sample_hvp`` only. ``Unrolled`` instead
-differentiates through a few inner updates (``inner_weights``). No solver modifies the model.
+Every solver computes the hypergradient of a ``meltr.hypergradients.MetaProblem`` through one
+method, ``hypergradient(problem)``, and says whether a data-parallel run can execute it
+(``supports_data_parallel``).
+
+``Identity``, ``Neumann``, ``ConjugateGradient`` and ``StocBIO`` are implicit solvers
+(``ImplicitSolver``): ``solve(hvp, v, sample_hvp)`` maps the gradient ``v = dL_pri/dw`` (a list of
+tensors shaped like the trainable parameters) to ``q`` using only Hessian-vector products:
+``hvp(x) = H x`` with the Hessian of ``L_aux`` on the aux batch, and ``sample_hvp()``, which draws
+a fresh batch (the learner draws from its replay buffer) and returns the products ``x -> H_j x``
+on that batch. The deterministic solvers use ``hvp`` only; ``StocBIO`` uses ``sample_hvp`` only.
+``Unrolled`` instead differentiates through a few inner updates (``inner_weights``). No solver
+modifies the model.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torchopt
 
+from meltr.hypergradients import (
+    HVP,
+    HVPSampler,
+    Hypergradient,
+    MetaProblem,
+    Vector,
+    implicit_hypergradient,
+    unrolled_hypergradient,
+)
 from meltr.objective import math_attention
 
-Vector = list[torch.Tensor]
-HVP = Callable[[Vector], Vector]
-HVPSampler = Callable[[], HVP]
+
+class ImplicitSolver(abc.ABC):
+    """A solver of ``H q = v`` from Hessian-vector products; its hypergradient is the implicit
+    one (``meltr.hypergradients.implicit_hypergradient``). Runs data-parallel (with
+    finite-difference products, which need only forwards and backwards)."""
+
+    supports_data_parallel = True
+
+    def hypergradient(self, problem: MetaProblem) -> Hypergradient:
+        return implicit_hypergradient(problem, self.solve)
+
+    @abc.abstractmethod
+    def solve(
+        self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
+    ) -> Vector:
+        """``q ~= H^{-1} v`` (see the module docstring)."""
 
 
-class Identity:
+class Identity(ImplicitSolver):
     """``q = v``: the inverse Hessian taken as the identity (AID-FP-Lite; no HVP)."""
-
-    needs_hvp = False
 
     def solve(
         self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
@@ -37,14 +63,12 @@ class Identity:
         return "Identity()"
 
 
-class Neumann:
+class Neumann(ImplicitSolver):
     """``q = alpha * sum_{j=0..steps} (I - alpha H)^j v`` (``steps`` HVPs, ``steps + 1`` terms).
 
     This is ``torchopt.linalg.ns(H, v, maxiter=steps, alpha=alpha)``; it converges to
     ``H^{-1} v`` when ``0 < alpha < 2 / lambda_max(H)`` and H is positive definite.
     """
-
-    needs_hvp = True
 
     def __init__(self, steps: int = 3, alpha: float = 1.0) -> None:
         if steps < 0:
@@ -66,15 +90,13 @@ class Neumann:
         return f"{type(self).__name__}(steps={self.steps}, alpha={self.alpha})"
 
 
-class ConjugateGradient:
+class ConjugateGradient(ImplicitSolver):
     """Conjugate gradient on ``(H + damping I) q = v`` from ``q = 0``.
 
     At most ``maxiter`` iterations (one HVP each); stops early once the residual satisfies
     ``||v - (H + damping I) q|| <= tol * ||v||``. Built on ``torchopt.linalg.cg`` (its ``rtol``);
     the product with the zero starting point is answered without an HVP.
     """
-
-    needs_hvp = True
 
     def __init__(self, maxiter: int = 10, damping: float = 0.0, tol: float = 1e-6) -> None:
         if maxiter < 1:
@@ -138,10 +160,11 @@ class Unrolled:
     functional optimizer (``"sgd"`` or ``"adam"``, learning rate ``lr``) to
     ``grad_w M(l(w; B_aux); phi)`` with ``create_graph=True``, so the result depends
     differentiably on phi. Needs double backward through the backbone: runs under the math
-    attention kernel. The products backend is not used.
+    attention kernel, in one process only (sharded parameters are freed after use). The products
+    backend is not used.
     """
 
-    needs_hvp = False
+    supports_data_parallel = False
     OPTIMIZERS = ("sgd", "adam")
 
     def __init__(self, steps: int = 3, lr: float = 1e-3, optimizer: str = "sgd") -> None:
@@ -154,6 +177,9 @@ class Unrolled:
         self.steps = steps
         self.lr = lr
         self.optimizer = optimizer
+
+    def hypergradient(self, problem: MetaProblem) -> Hypergradient:
+        return unrolled_hypergradient(problem, self.inner_weights)
 
     def inner_weights(
         self,
@@ -183,4 +209,16 @@ class Unrolled:
         return f"Unrolled(steps={self.steps}, lr={self.lr}, optimizer={self.optimizer!r})"
 
 
-Solver = Identity | Neumann | ConjugateGradient | StocBIO | Unrolled
+Solver = ImplicitSolver | Unrolled
+SOLVERS = (Identity, Neumann, ConjugateGradient, StocBIO, Unrolled)
+
+
+def check_solver(solver: object) -> None:
+    """ValueError unless ``solver`` is a solver instance (naming the fix for a class)."""
+    if isinstance(solver, type):
+        raise ValueError(
+            f"solver must be an instance, got the class {solver.__name__}: "
+            f"pass {solver.__name__}() (in gin: @{solver.__name__}())"
+        )
+    if not callable(getattr(solver, "hypergradient", None)):
+        raise ValueError(f"solver must be one of meltr.solvers' classes, got {solver!r}")

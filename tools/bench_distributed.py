@@ -1,6 +1,6 @@
 """Throughput and per-rank memory of data-parallel MELTR training on CPU processes (printed).
 
-python tools/bench_distributed.py                      # 1 vs 2 processes, ddp and fsdp
+python tools/bench_distributed.py                      # 1 vs 2 processes, replicate and fsdp
 python tools/bench_distributed.py --steps 20 --batch-size 32
 
 Runs the quickstart recipe's model (a tiny All-in-one: width 128, depth 2, 4 frames of 32 px,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 5 warm-up)")
     parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
     args = parser.parse_args(argv)
-    configurations = [("ddp", 1), ("ddp", 2), ("fsdp", 1), ("fsdp", 2)]
+    configurations = [("replicate", 1), ("replicate", 2), ("fsdp", 1), ("fsdp", 2)]
     print(f"global batch {args.batch_size}, {args.steps} timed steps, {os.cpu_count()} CPU cores")
     header = ("strategy", "procs", "steps/s", "params MiB/rank", "optim MiB/rank")
     print("{:>8} {:>5} {:>8} {:>16} {:>15}".format(*header))

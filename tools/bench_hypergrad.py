@@ -67,7 +67,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import meltr
 from meltr.objective import math_attention
-from meltr.solvers import ConjugateGradient, Identity, Neumann, Unrolled
+from meltr.solvers import ConjugateGradient, Identity, ImplicitSolver, Neumann, Unrolled
 
 GAMMA = 0.1
 POWER_ITERATIONS = 10
@@ -303,16 +303,16 @@ def exact_reference(model: nn.Module, meta: nn.Module, batch: dict) -> Reference
     return Reference(list(grads), radius, damping, iterations, final_residual)
 
 
-class Damped:
+class Damped(ImplicitSolver):
     """An implicit solver applied to ``H + damping I`` instead of H."""
-
-    needs_hvp = True
 
     def __init__(self, solver: Neumann, damping: float) -> None:
         self.solver = solver
         self.damping = damping
 
-    def solve(self, hvp: Callable[[Vector], Vector], v: Sequence[torch.Tensor]) -> Vector:
+    def solve(
+        self, hvp: Callable[[Vector], Vector], v: Sequence[torch.Tensor], sample_hvp=None
+    ) -> Vector:
         return self.solver.solve(
             lambda x: [h + self.damping * t for h, t in zip(hvp(x), x, strict=True)], v
         )

@@ -69,9 +69,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_hypergrad  # noqa: E402  (the sibling tool: benchmark transformer, memory helper)
 
 import meltr  # noqa: E402
+import meltr.finite_differences  # noqa: E402
+import meltr.hypergradients  # noqa: E402
 import meltr.learner  # noqa: E402
 import meltr.objective  # noqa: E402
-import meltr.products  # noqa: E402
 from meltr.objective import LossSource, math_attention  # noqa: E402
 from meltr.solvers import ConjugateGradient, Identity, Neumann  # noqa: E402
 
@@ -467,11 +468,15 @@ def phase_timers(setup: Setup) -> Iterator[dict[str, float]]:
     totals: dict[str, float] = {}
     targets = [
         (meltr.learner.MetaLearner, "_forward", "forward with graph (loss source)"),
-        (meltr.learner, "backward_gradients", "backward for v"),
-        (meltr.learner, "task_gradients", "per-task backwards (v, c)"),
-        (meltr.products, "finite_difference_step", "step rule (|w|.|q|, ||q||^2)"),
+        (meltr.hypergradients, "backward_gradients", "backward for v"),
+        (meltr.hypergradients, "task_gradients", "per-task backwards (v, c)"),
+        (meltr.finite_differences, "finite_difference_step", "step rule (|w|.|q|, ||q||^2)"),
         (meltr.objective.PinnedLosses, "__call__", "perturbed no-grad forwards"),
-        (meltr.products, "perturbed_evaluations", "perturbed evaluations (with forwards)"),
+        (
+            meltr.finite_differences,
+            "perturbed_evaluations",
+            "perturbed evaluations (with forwards)",
+        ),
     ]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
 

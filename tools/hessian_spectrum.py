@@ -32,6 +32,7 @@ from meltr.train.cli import add_recipe_arguments, run_command
 from meltr.train.config import parse_gin, sweep_args_to_bindings
 from meltr.train.distributed import init_distributed
 from meltr.train.loop import Trainer
+from meltr.train.run_directory import RunDirectoryLock
 
 Vectors = list[torch.Tensor]
 
@@ -82,14 +83,16 @@ def starting_point(gin_files: Sequence[str], bindings: Sequence[str], scratch: P
     trainer = Trainer(
         scratch / "run", False, settings, recipe, parallel, init_distributed(parallel)
     )
-    trainer.prepare(bindings)
+    lock = RunDirectoryLock(scratch / "run")  # the scratch run is this process's alone
+    trainer.prepare(bindings, lock)
+    lock.release()
     return trainer.learner, itertools.chain([trainer.first_batch], trainer.batches)
 
 
 def print_spectrum(learner, batches, iterations: int) -> None:
     """Print the extreme eigenvalues of H on each of ``batches``."""
     # The learner's own HVPs (the code path of its solvers) at its pinned forward passes.
-    meta, params = learner._frozen_meta(), learner.params
+    meta, params = learner.meta_network.frozen(), learner.params
     like = [p.detach().cpu() for _, p in params]
     for index, batch in enumerate(batches):
         losses = learner._forward(batch).losses

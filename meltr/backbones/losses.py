@@ -15,6 +15,8 @@ import torch.distributed.nn.functional as dist_autograd
 import torch.nn.functional as F
 from torch import Tensor
 
+from meltr.ranks import is_data_parallel
+
 IGNORE_INDEX = -100
 # The answer index of an item whose answer is outside the answer vocabulary.
 NO_ANSWER = -1
@@ -30,17 +32,13 @@ def symmetric_contrastive_loss(text_feat: Tensor, video_feat: Tensor, temperatur
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def _data_parallel() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def gather_across_ranks(features: Tensor) -> Tensor:
     """Every rank's ``features`` ``[b, ...]`` concatenated along dim 0 in rank order, with autograd
     (the backward sums each rank's gradient for this rank's rows). Every rank computes the same
     global loss from the result; summing here and averaging the gradients over ranks (FSDP/DDP)
     then gives exactly the single-process gradient. Equal shapes on all ranks; identity without a
     process group."""
-    if not _data_parallel():
+    if not is_data_parallel():
         return features
     return torch.cat(dist_autograd.all_gather(features), dim=0)
 
@@ -63,7 +61,7 @@ def mean_over_global_count(total: Tensor, count: Tensor) -> Tensor:
     rank's slice. In a data-parallel run the sum is divided by the mean count over ranks, so the
     mean of the result over ranks is the average over the terms of the global batch."""
     count = count.to(total.dtype)
-    if not _data_parallel():
+    if not is_data_parallel():
         return total / count.clamp(min=1)
     global_count = count.clone()
     dist.all_reduce(global_count)

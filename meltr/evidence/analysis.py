@@ -148,7 +148,7 @@ def load_meta_loss(config: Path, snapshot: Path, tasks: list[str]) -> nn.Module:
     saved = torch.load(snapshot, map_location="cpu", weights_only=True)
     if saved["tasks"] and list(saved["tasks"]) != tasks:
         raise AnalysisError(f"{snapshot} has tasks {saved['tasks']}, steps.jsonl has {tasks}")
-    parse_gin([str(config)], [])
+    parse_gin([str(config)], [], saved=True)
     try:
         reference = gin.query_parameter("Recipe.meta_loss")
     except ValueError:

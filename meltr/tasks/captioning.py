@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from meltr.metrics.captioning import CAPTION_METRICS, caption_scores
+from meltr.ranks import is_data_parallel
 from meltr.tasks.common import (
     ItemCounts,
     all_gather_objects,
     check_views,
     eval_mode,
-    is_distributed,
     to_device,
 )
 
@@ -144,7 +144,7 @@ class Captioning:
         if not all_references:
             raise ValueError("the evaluation split is empty: its loader yielded no batch")
         scores = None
-        if not is_distributed() or torch.distributed.get_rank() == 0:
+        if not is_data_parallel() or torch.distributed.get_rank() == 0:
             scores = caption_scores(all_predictions, all_references)
         scores = next(share for share in all_gather_objects(scores) if share is not None)
         result = {f"{split}/{name}": 100.0 * scores[name] for name in CAPTION_METRICS}

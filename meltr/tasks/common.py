@@ -11,16 +11,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-
-def is_distributed() -> bool:
-    """True when a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from meltr.ranks import is_data_parallel
 
 
 def all_gather_objects(value: Any) -> list[Any]:
     """Every rank's ``value`` (picklable; tensors should be on the CPU), in rank order. ``[value]``
     without a process group. A collective: every rank must call it."""
-    if not is_distributed():
+    if not is_data_parallel():
         return [value]
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)

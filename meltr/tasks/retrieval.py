@@ -16,12 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from meltr.metrics.retrieval import retrieval_metrics
+from meltr.ranks import is_data_parallel
 from meltr.tasks.common import (
     ItemCounts,
     all_gather_objects,
     check_views,
     eval_mode,
-    is_distributed,
     to_device,
 )
 
@@ -122,7 +122,7 @@ class Retrieval:
         num_videos = len(next(iter(videos.values())))
         rank, world = (
             (torch.distributed.get_rank(), torch.distributed.get_world_size())
-            if is_distributed()
+            if is_data_parallel()
             else (0, 1)
         )
         starts = list(range(0, num_texts, self.score_block))[rank::world]

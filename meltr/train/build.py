@@ -204,7 +204,7 @@ def build_learner(
     recipe: Recipe, settings: RunSettings, model: nn.Module, meta_loss: nn.Module, strategy: str
 ) -> tuple[Any, torch.optim.lr_scheduler.LRScheduler]:
     """The learner (``Recipe.learner`` with ``Recipe.optimizer`` over the model and
-    ``Recipe.meta_optimizer`` over the meta loss) and the LR schedule (``Recipe.schedule`` over
+    ``Recipe.meta_optimizer`` over the meta loss) and the LR schedule (``Recipe.lr_schedule`` over
     ``train.steps``). Under a data-parallel ``strategy`` the loss source gives global-batch values
     and phi's gradient is averaged over the ranks; ConfigError for a solver or products the
     strategy cannot run."""
@@ -215,7 +215,9 @@ def build_learner(
         if recipe.meta_optimizer is None
         else construct("Recipe.meta_optimizer", recipe.meta_optimizer, meta_loss.parameters())
     )
-    schedule = construct("Recipe.schedule", recipe.schedule, optimizer, total_steps=settings.steps)
+    lr_schedule = construct(
+        "Recipe.lr_schedule", recipe.lr_schedule, optimizer, total_steps=settings.steps
+    )
     loss_source = recipe.loss_source
     learner = construct(
         "Recipe.learner",
@@ -233,4 +235,4 @@ def build_learner(
         )
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    return learner, schedule
+    return learner, lr_schedule

@@ -6,12 +6,14 @@ Formats (``Checkpointer(directory, sharded=...)``, chosen by the run's strategy)
 - single file (one process): ``<checkpoints>/last.pt`` (the previous one kept as ``last.prev.pt``)
   and ``<checkpoints>/best.pt``, each a ``torch.save`` dict written atomically
   (``meltr.train.single_file``): ``format`` ``"meltr-train"``, ``version``, ``model`` (state dict),
-  ``learner`` (``MetaLearner.state_dict()``), ``schedule``, ``rng`` (global torch / python / numpy
-  states), ``step``, ``batches_consumed``, ``best`` (metric, value, step, metrics),
-  ``wandb_run_id``, ``totals`` (run-long counters), ``health`` (the health checks' state);
-- sharded (``Distributed.strategy`` "ddp" / "fsdp"): ``<checkpoints>/last/step-*/`` (the newest two
-  kept) and ``<checkpoints>/best/step-*/``, ``torch.distributed.checkpoint`` shards of the model and
-  its optimizer plus the replicated learner state and per-rank states (``meltr.train.sharded``).
+  ``learner`` (``MetaLearner.state_dict()``), ``schedule`` (the LR schedule's state), ``rng``
+  (global torch / python / numpy states), ``step``, ``batches_consumed``, ``best`` (metric,
+  value, step, metrics), ``wandb_run_id``, ``totals`` (run-long counters), ``health`` (the
+  health checks' state);
+- sharded (``Distributed.strategy`` "replicate" / "fsdp"): ``<checkpoints>/last/step-*/`` (the
+  newest two kept) and ``<checkpoints>/best/step-*/``, ``torch.distributed.checkpoint`` shards of
+  the model and its optimizer plus the replicated learner state and per-rank states
+  (``meltr.train.sharded``).
 
 ``resume`` reads either format into the current run's objects (a sharded checkpoint also into a
 plain one-process run, and at any world size), trying the checkpoint of the highest step first
@@ -76,7 +78,7 @@ class TrainingState:
 
     model: nn.Module
     learner: Any  # meltr.MetaLearner
-    schedule: torch.optim.lr_scheduler.LRScheduler
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -152,7 +154,7 @@ def _single_file_payload(state: TrainingState, progress: Progress) -> dict[str, 
         "version": VERSION,
         "model": state.model.state_dict(),
         "learner": state.learner.state_dict(),
-        "schedule": state.schedule.state_dict(),
+        "schedule": state.lr_schedule.state_dict(),
         "rng": capture_rng_state(),
         "step": progress.step,
         "batches_consumed": progress.batches_consumed,
@@ -183,7 +185,7 @@ def _save_sharded(directory: Path, state: TrainingState, progress: Progress, kee
         state.learner.optimizer,
         replicated_state={
             "learner": learner_state,
-            "schedule": state.schedule.state_dict(),
+            "schedule": state.lr_schedule.state_dict(),
             "progress": asdict(progress),
         },
         rank_state={"buffer": buffer, "rng": capture_rng_state()},
@@ -221,7 +223,7 @@ def restore(
     finally:
         for optimizer, groups in zip(optimizers, configured, strict=True):
             _set_hyperparameters(optimizer, groups)
-    advance_schedule(state.schedule, progress.step)
+    advance_schedule(state.lr_schedule, progress.step)
     return progress, rng
 
 

@@ -95,11 +95,14 @@ def resolve_run(gin_files: list[str], output: Path | None, resume: bool) -> tupl
     return gin_files, output
 
 
-def configure(gin_files: Sequence[str], bindings: Sequence[str], extra: Sequence[str]) -> list[str]:
+def configure(
+    gin_files: Sequence[str], bindings: Sequence[str], extra: Sequence[str], saved: bool = False
+) -> list[str]:
     """Parse the recipe files and bindings into gin; return the command-line bindings (the
-    ``--gin_param`` ones, then the sweep-style ones), which a run must all use."""
+    ``--gin_param`` ones, then the sweep-style ones), which a run must all use. ``saved``: the
+    file is a run's ``config.gin`` (``parse_gin``)."""
     command_line = [*bindings, *sweep_args_to_bindings(extra)]
-    parse_gin(gin_files, command_line)
+    parse_gin(gin_files, command_line, saved=saved)
     return command_line
 
 
@@ -128,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         gin_files, run_dir = resolve_run(args.gin_files, args.output, args.resume)
-        command_line = configure(gin_files, args.bindings, extra)
+        saved = args.resume and not args.gin_files  # the run's own config.gin is the recipe
+        command_line = configure(gin_files, args.bindings, extra, saved=saved)
         run_training(run_dir, resume=args.resume, command_line_bindings=command_line)
         return 0
 

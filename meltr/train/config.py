@@ -12,8 +12,9 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,25 +86,49 @@ def sweep_args_to_bindings(args: Sequence[str]) -> list[str]:
     return bindings
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+def parse_gin(files: Sequence[str], bindings: Sequence[str], saved: bool = False) -> None:
     """Clear gin and apply ``files`` then ``bindings``; any failure becomes a ConfigError naming it.
 
-    Unknown configurables and parameters, unparsable values and missing files are all caught here,
-    before anything is built.
+    Unknown configurables and parameters, unparsable values, missing files and names renamed
+    since (``RENAMED_BINDINGS``, ``RENAMED_VALUES``: the error names the new one) are all caught
+    here, before anything is built. ``saved``: the files are run directories' ``config.gin``,
+    perhaps written before a rename; renamed names in them are read as the new ones, with a note
+    on stderr.
     """
     gin.clear_config()
     for path in files:
         try:
-            gin.parse_config_file(path)
+            text = _gin_file_text(path)
+            if saved:
+                gin.parse_config(_read_with_new_names(text, path))
+            else:
+                _refuse_renamed(text, f"in gin file {path}")
+                gin.parse_config_file(path)
         except OSError as error:
             raise ConfigError(f"cannot read gin file {path}: {error}") from None
+        except ConfigError:
+            raise
         except Exception as error:  # gin raises ValueError, SyntaxError, TokenError, ...
-            raise ConfigError(f"in gin file {path}: {error}") from None
+            raise ConfigError(f"in gin file {path}: {error}{_renamed_hint(str(error))}") from None
     for binding in bindings:
         try:
+            _refuse_renamed(binding, f"bad gin binding {binding!r}")
             gin.parse_config(binding)
+        except ConfigError:
+            raise
         except Exception as error:
             raise ConfigError(f"bad gin binding {binding!r}: {error}") from None
+
+
+def _gin_file_text(path: str) -> str:
+    """The text of gin file ``path``, found as gin finds it (relative paths also under the
+    search paths, e.g. the repository root)."""
+    prefixes = [""] if Path(path).is_absolute() else gin.config._LOCATION_PREFIXES
+    for prefix in prefixes:
+        candidate = Path(prefix, path)
+        if candidate.is_file():
+            return candidate.read_text()
+    raise OSError(f"no such file (searched {', '.join(map(repr, prefixes))})")
 
 
 def config_to_dict(config_text: str) -> dict[str, object]:
@@ -135,6 +160,103 @@ class _KeepReferences(config_parser.ParserDelegate):
 
     def macro(self, name: str) -> str:
         return f"%{name}"
+
+
+# ---------------------------------------------------------------- renamed names
+
+# Gin names renamed since runs were started with them, old -> new. A recipe or a command line that
+# uses an old name fails (exit 2) naming the new one; a run's saved config.gin is read with the new
+# names (``upgrade_saved_config``), so runs in flight still resume.
+RENAMED_BINDINGS = {"Recipe.schedule": "Recipe.lr_schedule"}
+RENAMED_VALUES = {("Distributed.strategy", "ddp"): "replicate"}
+
+
+@dataclass(frozen=True)
+class _Renamed:
+    """An old name in gin text: the statement's first line (from 1), the pattern of the old text
+    there, its replacement and the rename in words."""
+
+    line: int
+    pattern: str
+    replacement: str
+    description: str
+
+
+def _bindings(text: str) -> Iterator[config_parser.BindingStatement]:
+    """The binding statements of gin ``text``, up to a syntax error (which gin reports when it
+    parses the text)."""
+    try:
+        for statement in config_parser.ConfigParser(text, _KeepReferences()):
+            if isinstance(statement, config_parser.BindingStatement):
+                yield statement
+    except Exception:  # gin raises ValueError, SyntaxError, TokenError, ...
+        return
+
+
+def _renamed(text: str) -> list[_Renamed]:
+    """The renamed bindings and values that gin ``text`` uses."""
+    found = []
+    for statement in _bindings(text):
+        name = f"{statement.selector.rsplit('.', 1)[-1]}.{statement.arg_name}"
+        line = statement.location.line_num
+        if name in RENAMED_BINDINGS:
+            new = RENAMED_BINDINGS[name]
+            pattern = rf"\b{re.escape(name)}\b"
+            found.append(_Renamed(line, pattern, new, f"{name} was renamed {new}"))
+        value = statement.value
+        if isinstance(value, str) and (name, value) in RENAMED_VALUES:
+            new = RENAMED_VALUES[(name, value)]
+            pattern = rf"""(?<=[=\s])(['"]){re.escape(value)}\1"""
+            described = f"{name} = {value!r} was renamed {new!r}"
+            found.append(_Renamed(line, pattern, rf"\g<1>{new}\g<1>", described))
+    return found
+
+
+def renamed_names(text: str) -> list[str]:
+    """The renames (in words) that gin ``text`` still uses the old names of."""
+    return [renamed.description for renamed in _renamed(text)]
+
+
+def _refuse_renamed(text: str, where: str) -> None:
+    described = renamed_names(text)
+    if described:
+        raise ConfigError(f"{where}: {'; '.join(described)}: use the new name")
+
+
+def _renamed_hint(message: str) -> str:
+    """A hint for a gin error about a renamed binding (an old name in an included file)."""
+    hints = [
+        f"{old} was renamed {new}"
+        for old, new in RENAMED_BINDINGS.items()
+        if all(part in message for part in old.split("."))
+    ]
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
+def upgrade_saved_config(text: str) -> tuple[str, list[str]]:
+    """A run's saved ``config.gin`` with every renamed name replaced by its new one, and the
+    renames it applied in words (none: ``text`` unchanged)."""
+    lines = text.splitlines(keepends=True)
+    found = _renamed(text)
+    for renamed in found:
+        index = renamed.line - 1
+        lines[index] = re.sub(renamed.pattern, renamed.replacement, lines[index], count=1)
+    upgraded = "".join(lines)
+    left = renamed_names(upgraded)
+    if left:
+        raise ConfigError(f"could not apply the renames to a saved config: {'; '.join(left)}")
+    return upgraded, [renamed.description for renamed in found]
+
+
+def _read_with_new_names(text: str, path: str) -> str:
+    upgraded, applied = upgrade_saved_config(text)
+    if applied:
+        print(
+            f"note: {path} was written before some names changed; read as the new names "
+            f"({'; '.join(applied)})",
+            file=sys.stderr,
+        )
+    return upgraded
 
 
 # ---------------------------------------------------------------- were the bindings used?

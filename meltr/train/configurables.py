@@ -49,13 +49,7 @@ for meta_loss in (
     weighting.FAMO,
 ):
     gin.external_configurable(meta_loss, module="meltr", denylist=["num_tasks"])
-for solver in (
-    solvers.Identity,
-    solvers.Neumann,
-    solvers.ConjugateGradient,
-    solvers.StocBIO,
-    solvers.Unrolled,
-):
+for solver in solvers.SOLVERS:
     gin.external_configurable(solver, module="meltr.solvers")
 
 gin.external_configurable(TorchJDAggregation, module="meltr.train")

@@ -4,8 +4,9 @@ cross-rank operations exact meta-learning needs.
 Strategies (gin: ``Distributed.strategy``):
 
 - ``"none"``: one process, no process group.
-- ``"ddp"``: replicated data parallelism: whole parameters on every rank, gradients all-reduced
-  (averaged). Built with FSDP2 on a (ranks x 1) HSDP mesh rather than ``DistributedDataParallel``:
+- ``"replicate"``: replicated data parallelism: whole parameters on every rank, gradients
+  all-reduced (averaged). Built with FSDP2 on a (ranks x 1) HSDP mesh rather than
+  ``DistributedDataParallel`` (this strategy was called ``"ddp"`` before):
   DDP's reducer expects exactly one backward per forward, while a MELTR step runs several
   forwards per backward (text, video, joint passes) and several backwards per step (meta step).
 - ``"fsdp"``: FSDP2 (``fully_shard``) on every unit the model names (``fsdp_units()``) and on the
@@ -44,12 +45,13 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from meltr.tasks.common import is_distributed
+from meltr.ranks import is_data_parallel
+from meltr.solvers import SOLVERS
+from meltr.train.config import RENAMED_VALUES
 
 LossSource = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
-STRATEGIES = ("none", "ddp", "fsdp")
+STRATEGIES = ("none", "replicate", "fsdp")
 DISTRIBUTED_PRODUCTS = ("finite_difference",)
-DISTRIBUTED_SOLVERS = ("Identity", "Neumann", "ConjugateGradient", "StocBIO")
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -58,7 +60,7 @@ _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTE
 class Distributed:
     """How a run is spread over processes.
 
-    strategy: "none" | "ddp" | "fsdp".
+    strategy: "none" | "replicate" | "fsdp".
     mixed_precision: FSDP only, GPU only: bf16 parameters and compute, fp32 gradient reduction.
     activation_checkpointing: recompute every transformer block in backward (non-reentrant).
     debug_checks: after every meta step, verify the meta network is bit-identical on all ranks.
@@ -72,6 +74,9 @@ class Distributed:
     timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
+        renamed = RENAMED_VALUES.get(("Distributed.strategy", self.strategy))
+        if renamed is not None:
+            raise ValueError(f"Distributed.strategy={self.strategy!r} was renamed {renamed!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"Distributed.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}"
@@ -104,9 +109,9 @@ def init_distributed(config: Distributed) -> DistributedContext:
     MASTER_ADDR, MASTER_PORT) and pick this process's device: ``cuda:LOCAL_RANK`` with nccl when a
     GPU is present, CPU with gloo otherwise.
 
-    "ddp"/"fsdp" without torchrun's environment start a one-process group, so a sharded run can be
-    debugged with plain ``python``. "none" under a multi-process launch is refused: every process
-    would train its own copy.
+    "replicate"/"fsdp" without torchrun's environment start a one-process group, so a sharded run
+    can be debugged with plain ``python``. "none" under a multi-process launch is refused: every
+    process would train its own copy.
     """
     present = {name: os.environ[name] for name in _TORCHRUN_VARIABLES if name in os.environ}
     world_size = int(present.get("WORLD_SIZE", "1"))
@@ -114,7 +119,7 @@ def init_distributed(config: Distributed) -> DistributedContext:
         if world_size > 1:
             raise RuntimeError(
                 f"WORLD_SIZE={world_size} (launched by torchrun) but Distributed.strategy='none'; "
-                "set Distributed.strategy to 'ddp' or 'fsdp'"
+                "set Distributed.strategy to 'replicate' or 'fsdp'"
             )
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
         return DistributedContext("none", 0, 1, 0, device)
@@ -216,13 +221,13 @@ def _local_rank_entry(
 
 def wrap_model(model: nn.Module, context: DistributedContext, config: Distributed) -> nn.Module:
     """Wrap ``model`` for ``config.strategy`` in place (moving it to ``context.device`` for
-    "ddp" / "fsdp"; a one-process model stays where it is).
+    "replicate" / "fsdp"; a one-process model stays where it is).
 
     The units are the ones the model names (``model.fsdp_units()``: transformer layers, residual
     stages, ...). Activation checkpointing replaces each unit by a ``CheckpointWrapper``
-    (state-dict keys are unchanged); "ddp"/"fsdp" turn every unit and the root into FSDP2 units
-    whose parameters are ``DTensor``s (replicated or sharded). Returns ``model``; call it as
-    before.
+    (state-dict keys are unchanged); "replicate"/"fsdp" turn every unit and the root into FSDP2
+    units whose parameters are ``DTensor``s (replicated or sharded). Returns ``model``; call it
+    as before.
     """
     if config.strategy != context.strategy:
         raise ValueError(
@@ -285,9 +290,9 @@ def _is_checkpoint_wrapper_of(module: nn.Module, block_ids: set[int]) -> bool:
 
 
 def _data_parallel_mesh(context: DistributedContext) -> DeviceMesh:
-    """FSDP2's device mesh for the strategy: "fsdp" shards over all ranks; "ddp" replicates over
-    all ranks (HSDP with shards of size 1), so parameters stay whole on every rank and gradients
-    are all-reduced, as with DistributedDataParallel."""
+    """FSDP2's device mesh for the strategy: "fsdp" shards over all ranks; "replicate" replicates
+    over all ranks (HSDP with shards of size 1), so parameters stay whole on every rank and
+    gradients are all-reduced, as with DistributedDataParallel."""
     if context.strategy == "fsdp":
         return init_device_mesh(
             context.device.type, (context.world_size,), mesh_dim_names=("shard",)
@@ -323,7 +328,7 @@ def global_mean_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     the gradient stays that of the local loss, so DDP's / FSDP's gradient averaging produces the
     exact global gradient. One all-reduce for all losses. Identity without a process group.
     """
-    if not is_distributed():
+    if not is_data_parallel():
         return dict(losses)
     names = list(losses)
     local = torch.stack([losses[name] for name in names])
@@ -351,7 +356,7 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of ``tensor`` over ranks, as a new tensor without autograd history
     (the learner's ``reduce`` hook for replicated quantities such as the meta network's gradient).
     Identity without a process group."""
-    if not is_distributed():
+    if not is_data_parallel():
         return tensor
     mean = tensor.detach().clone()
     dist.all_reduce(mean, op=dist.ReduceOp.SUM)
@@ -364,7 +369,7 @@ def assert_replicated(parameters: Iterable[torch.Tensor], meta_step: int) -> Non
     Compares two float64 checksums per rank (the plain sum and a position-weighted sum, which also
     catches permuted values) for exact equality. ``meta_step`` is named in the error.
     """
-    if not is_distributed():
+    if not is_data_parallel():
         return
     flat = torch.cat([param.detach().reshape(-1).to(torch.float64) for param in parameters])
     positions = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
@@ -383,12 +388,13 @@ def check_meta_learning_supported(
 ) -> None:
     """Refuse, at start, the combinations a data-parallel run cannot execute.
 
-    "ddp"/"fsdp" cannot take double backward (``products="autograd"``), forward-mode derivatives
-    (``products="forward"``) or differentiable unrolled updates (solver ``Unrolled``) through the
-    backbone: FSDP2 frees gathered parameters after use and DDP reduces gradients in backward
-    hooks. ``solver`` is a solver instance (its class name is checked). Nor can they aggregate
-    per-task gradients (``aggregate``, the learner's ``MetaLearner.aggregate``, if not None):
-    that takes one backward per task, and the wrappers reduce gradients once per backward.
+    "replicate"/"fsdp" cannot take double backward (``products="autograd"``), forward-mode
+    derivatives (``products="forward"``) or differentiable unrolled updates (solver ``Unrolled``)
+    through the backbone (FSDP2 frees gathered parameters after use and reduces gradients in
+    backward hooks): ``products`` must be finite differences and ``solver`` (an instance) must
+    declare ``supports_data_parallel``. Nor can they aggregate per-task gradients
+    (``aggregate``, the learner's ``MetaLearner.aggregate``, if not None): that takes one
+    backward per task, and the wrappers reduce gradients once per backward.
     """
     if strategy == "none":
         return
@@ -398,12 +404,12 @@ def check_meta_learning_supported(
             "gradient aggregation takes one backward per task and is single-process only; use "
             "Distributed.strategy='none'"
         )
-    solver_name = type(solver).__name__
-    if products not in DISTRIBUTED_PRODUCTS or solver_name not in DISTRIBUTED_SOLVERS:
+    if products not in DISTRIBUTED_PRODUCTS or not getattr(solver, "supports_data_parallel", False):
+        names = [kind.__name__ for kind in SOLVERS if kind.supports_data_parallel]
         raise ValueError(
             f"Distributed.strategy={strategy!r} cannot run products={products!r} with solver "
-            f"{solver_name}: it needs double backward, forward mode or differentiable updates "
-            "through the backbone. Use products='finite_difference' with solver "
-            + ", ".join(DISTRIBUTED_SOLVERS[:-1])
-            + f" or {DISTRIBUTED_SOLVERS[-1]}"
+            f"{type(solver).__name__}: it needs double backward, forward mode or differentiable "
+            "updates through the backbone. Use products='finite_difference' with solver "
+            + ", ".join(names[:-1])
+            + f" or {names[-1]}"
         )

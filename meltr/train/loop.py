@@ -93,7 +93,7 @@ class Trainer:
         self.device = context.device if self.sharded else build.resolve_device(settings.device)
         self.eval_splits = ["val", "test"] if has_split(settings.data_dir, "val") else ["test"]
         self.log: RunLog | None = None
-        self.steps: StepLog | None = None
+        self.step_log: StepLog | None = None
 
     # ---------------------------------------------------------------- preparation
 
@@ -120,10 +120,10 @@ class Trainer:
         self.model = build.construct(
             "Distributed", wrap_model, self.model, self.context, self.parallel
         )
-        self.learner, self.schedule = build.build_learner(
+        self.learner, self.lr_schedule = build.build_learner(
             self.recipe, self.settings, self.model, self.meta_loss, self.parallel.strategy
         )
-        self.state = TrainingState(self.model, self.learner, self.schedule)
+        self.state = TrainingState(self.model, self.learner, self.lr_schedule)
         self.checkpointer = Checkpointer(checkpoints, self.sharded, self.context.is_main)
         self.task = self.components.task
 
@@ -205,7 +205,7 @@ class Trainer:
         if self.resume:
             truncate_jsonl(self.run_dir / METRICS, self.progress.step, tail.get(METRICS))
         resume_after = self.progress.step if self.resume else None
-        self.steps = StepLog(self.run_dir, resume_after, tail.get(STEPS))
+        self.step_log = StepLog(self.run_dir, resume_after, tail.get(STEPS))
         self.log = RunLog(
             self.run_dir, config_to_dict(config_text), self.run_dir.name, self.progress.wandb_run_id
         )
@@ -249,7 +249,7 @@ class Trainer:
             while progress.step < settings.steps:
                 batch = self.first_batch if self.first_batch is not None else next(self.batches)
                 self.first_batch = None
-                lr = self.schedule.get_last_lr()[0]
+                lr = self.lr_schedule.get_last_lr()[0]
                 started = time.perf_counter()
                 progress.batches_consumed += 1
                 try:
@@ -259,7 +259,7 @@ class Trainer:
                         f"{error}; the run stopped at step {progress.step + 1}",
                         last_applied=progress.step - learner.consecutive_skips,
                     ) from None
-                self.schedule.step()
+                self.lr_schedule.step()
                 progress.step += 1
                 self._check_skips(skips, progress.step)
                 if self.parallel.debug_checks and "meta/L_pri" in values:
@@ -273,8 +273,8 @@ class Trainer:
                 )
                 bar.update(1)
                 bar.set_postfix(meter.summary(), refresh=False)
-                if self.steps is not None:
-                    self.steps.log(progress.step, values)
+                if self.step_log is not None:
+                    self.step_log.log(progress.step, values)
 
                 step = progress.step
                 if step % settings.log_every == 0 or step == settings.steps:
@@ -306,7 +306,7 @@ class Trainer:
                 )
             return False
         tail = {}
-        for path, log in ((METRICS, self.log), (STEPS, self.steps)):
+        for path, log in ((METRICS, self.log), (STEPS, self.step_log)):
             if log is not None:
                 log.sync()
                 if log.last_record is not None:
@@ -363,9 +363,9 @@ class Trainer:
             self._save("last")  # no training step is lost
             raise
         self._log(step, metrics)
-        if self.steps is not None:
-            self.steps.flush()
-            self.steps.snapshot(step, self.meta_loss, self.learner.keys or [])
+        if self.step_log is not None:
+            self.step_log.flush()
+            self.step_log.snapshot(step, self.meta_loss, self.learner.keys or [])
         healthy = self.learner.consecutive_skips == 0
         if healthy and is_better(
             metrics[self.selection], progress.best_value, self.task.higher_is_better
@@ -378,13 +378,13 @@ class Trainer:
     def _log(self, step: int, values: Mapping[str, float]) -> None:
         if self.log is not None:
             self.log.log(step, values)
-        if self.steps is not None:
-            self.steps.flush()
+        if self.step_log is not None:
+            self.step_log.flush()
 
     def _finish(self, final_metrics: dict[str, float] | None) -> dict[str, Any]:
         progress, is_main = self.progress, self.context.is_main
-        if self.steps is not None:
-            self.steps.close()
+        if self.step_log is not None:
+            self.step_log.close()
         if progress.step < self.settings.steps:
             if self.log is not None:
                 self.log.finish()

@@ -10,6 +10,8 @@ from types import FrameType, TracebackType
 import torch
 import torch.distributed as dist
 
+from meltr.ranks import is_data_parallel
+
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -52,6 +54,6 @@ class PreemptionHandler:
         """True on every rank if any rank has received a signal (a collective: every rank must call
         it at the same step). ``device`` must suit the backend (a CUDA device for nccl)."""
         flag = torch.tensor([1.0 if self.received is not None else 0.0], device=self.device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if is_data_parallel():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

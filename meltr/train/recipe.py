@@ -28,7 +28,7 @@ class Recipe:
     meta_loss: ``meta_loss(num_tasks=T)``; a MELTR network or a fixed / adaptive combiner.
     optimizer: ``optimizer(model.parameters())`` (gin scope ``backbone/``).
     meta_optimizer: ``meta_optimizer(meta_loss.parameters())`` (scope ``meta/``) or None.
-    schedule: ``schedule(optimizer, total_steps=steps)``.
+    lr_schedule: the learning-rate schedule, ``lr_schedule(optimizer, total_steps=steps)``.
     learner: ``learner(model=, meta_loss=, loss_source=, optimizer=, meta_optimizer=)``.
     tokenizer: ``tokenizer(VOCAB)``, or None for recipes without text.
     checkpoint_loader: ``load(model, CHECKPOINT, *, meta_loss=None, trust_pickle=False)``, or
@@ -46,7 +46,7 @@ class Recipe:
     meta_loss: Callable[..., Any]
     optimizer: Callable[..., Any]
     meta_optimizer: Callable[..., Any] | None
-    schedule: Callable[..., Any]
+    lr_schedule: Callable[..., Any]
     learner: Callable[..., Any]
     tokenizer: Callable[..., Any] | None = None
     checkpoint_loader: Callable[..., Any] | None = None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gin
 
-from meltr.train.config import ConfigError, config_to_dict
+from meltr.train.config import ConfigError, config_to_dict, upgrade_saved_config
 
 # The setting (scope and module prefixes dropped) -> why the checkpoint's state fixes it.
 _STATE = "the checkpoint holds the state of the component it built"
@@ -51,9 +51,9 @@ REFUSED = {
 
 def setting_changes(saved_config: str) -> dict[str, tuple[object, object]]:
     """``{binding: (saved value, current value)}`` for every binding of the current operative gin
-    config that ``saved_config`` (a run's ``config.gin``) also binds, to another value; macros
-    are compared through the bindings that use them."""
-    saved = _resolved(config_to_dict(saved_config))
+    config that ``saved_config`` (a run's ``config.gin``, read with the names renamed since)
+    also binds, to another value; macros are compared through the bindings that use them."""
+    saved = _resolved(config_to_dict(upgrade_saved_config(saved_config)[0]))
     current = _resolved(config_to_dict(gin.operative_config_str()))
     return {
         key: (saved[key], value)

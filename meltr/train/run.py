@@ -41,7 +41,7 @@ def run_training(
 
     ``command_line_bindings`` (the user's ``--gin_param`` / ``--X.y=v`` bindings) must all be
     used by the run (ConfigError naming the first that is not). Under torchrun with
-    ``Distributed.strategy`` "ddp" or "fsdp", ``train.batch_size`` is the global batch (split
+    ``Distributed.strategy`` "replicate" or "fsdp", ``train.batch_size`` is the global batch (split
     evenly over the ranks), every rank reads its own data, the loss values the meta network sees
     are global-batch values, checkpoints are sharded and only rank 0 logs. SIGTERM or SIGUSR1
     makes every rank checkpoint at the next step boundary and return; ``resume`` continues from

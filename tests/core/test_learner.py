@@ -198,7 +198,7 @@ def test_num_tasks_mismatch_raises_on_first_step():
         learner.step(mlp_batch(0))
 
 
-def _adam_learner(seed):
+def _adam_learner(seed, **kwargs):
     torch.manual_seed(seed)
     model, meta = MLP(dropout=0.1), _meta_transformer()
     return _learner(
@@ -208,6 +208,7 @@ def _adam_learner(seed):
         meta_optimizer=torch.optim.Adam(meta.parameters(), lr=1e-2),
         meta_every=2,
         replay=3,
+        **kwargs,
     )
 
 
@@ -234,6 +235,64 @@ def test_state_round_trip_continues_exactly():
         assert torch.equal(a, b)
     for a, b in zip(original.meta_loss.parameters(), resumed.meta_loss.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _checkpoint_format_of_0_1(learner) -> dict:
+    """``MetaLearner.state_dict()`` as the learner of before the split into parts wrote it,
+    written out key by key from the objects it holds (the format checkpoints on disk have)."""
+    return {
+        "meta_loss": learner.meta_loss.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
+        "meta_optimizer": learner.meta_optimizer.state_dict(),
+        "step_count": learner.step_count,
+        "generator": learner.generator.get_state(),
+        "buffer": list(learner.buffer),
+        "skipped": dict(learner.skipped),
+        "consecutive_skips": learner.consecutive_skips,
+        "meta_steps": learner.meta_steps,
+        "keys": learner.keys,
+    }
+
+
+@pytest.mark.parametrize("oldest", [False, True])
+def test_a_checkpoint_in_the_earlier_format_continues_exactly(oldest):
+    """The state dict keeps its keys and values, and one written in that format (without
+    ``consecutive_skips`` and ``meta_steps``, the oldest) resumes into bit-identical training."""
+
+    def source(model, batch):  # batch 1's losses are NaN: a skipped update on the counters
+        losses = mlp_source(model, batch)
+        return losses | ({"aux_a": losses["aux_a"] * float("nan")} if batch is batches[1] else {})
+
+    batches = [mlp_batch(i) for i in range(10)]
+    original = _adam_learner(0, loss_source=source)
+    for i in range(5):
+        torch.manual_seed(100 + i)
+        original.step(batches[i])
+    state = _checkpoint_format_of_0_1(original)
+    _assert_same(original.state_dict(), state)
+    assert state["skipped"]["nonfinite_loss"] == 1 and state["meta_steps"] == 1  # call 4
+    if oldest:
+        del state["consecutive_skips"], state["meta_steps"]
+    saved = io.BytesIO()
+    torch.save({"model": original.model.state_dict(), "learner": state}, saved)
+    saved.seek(0)
+    resumed = _adam_learner(1, loss_source=source)
+    loaded = torch.load(saved, weights_only=False)
+    resumed.model.load_state_dict(loaded["model"])
+    resumed.load_state_dict(loaded["learner"])
+    assert resumed.skipped == original.skipped and resumed.step_count == 5
+    _assert_same(list(resumed.buffer), list(original.buffer))
+    for i in range(5, 10):
+        for learner in (original, resumed):
+            torch.manual_seed(100 + i)
+            learner.step(batches[i])
+    for a, b in zip(original.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(original.meta_loss.parameters(), resumed.meta_loss.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(original.generator.get_state(), resumed.generator.get_state())
+    if not oldest:
+        _assert_same(original.state_dict(), resumed.state_dict())
 
 
 class _NormedMLP(nn.Module):

@@ -7,14 +7,14 @@ import torch
 from core_toys import MLP
 from torch import nn
 
-from meltr import products
-from meltr.objective import PinnedLosses
-from meltr.products import (
+from meltr import finite_differences, gradients
+from meltr.finite_differences import (
     FiniteDifference,
     finite_difference_step,
     perturbed_evaluations,
     relative_step,
 )
+from meltr.objective import PinnedLosses
 
 
 class Elementwise(nn.Module):
@@ -48,7 +48,7 @@ def _quadratic(n: int = 7, tasks: int = 3):
 
 def test_step_rule_matches_its_formula_across_scratch_chunks():
     g = torch.Generator().manual_seed(1)
-    big = (3 * products._CHUNK + 17,)  # several scratch slices and a partial one
+    big = (3 * finite_differences._CHUNK + 17,)  # several scratch slices and a partial one
     params = [
         ("a", nn.Parameter(torch.randn(big, generator=g))),
         ("b", nn.Parameter(torch.ones(5))),
@@ -182,7 +182,7 @@ def test_reached_parameters_are_those_autograd_finds_a_gradient_for():
     ]
     features = torch.tanh(trunk(torch.randn(5, 3)))
     tasks = [head_a(features).sum(), head_b(features).sum() * 0.0, trunk.bias.sum()]
-    reached = products.reached_parameters(tasks, params)
+    reached = gradients.reached_parameters(tasks, params)
     for task, flags in zip(tasks, reached, strict=True):
         grads = torch.autograd.grad(
             task, [p for _, p in params], allow_unused=True, retain_graph=True

@@ -176,6 +176,6 @@ def test_float32_finite_difference_identity():
     learner.products = make_products("finite_difference")
     expected = closed_form(torch.eye(DIM))
     # Central differences are exact on quadratics but for rounding; in float32 the step that keeps
-    # truncation error small on real-size networks (meltr/products.py) leaves about 5e-3 of it on
-    # these 6 weights (rounding averages out over many weights, not over 6).
+    # truncation error small on real-size networks (meltr/finite_differences.py) leaves about 5e-3
+    # of it on these 6 weights (rounding averages out over many weights, not over 6).
     assert relative_error(learner.hypergradient(primary, aux), expected) < 1e-2

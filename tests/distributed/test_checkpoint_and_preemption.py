@@ -107,7 +107,7 @@ def test_a_full_disk_on_one_rank_fails_the_save_on_every_rank_and_the_next_save_
 
 
 def test_ranks_agree_to_stop_at_the_step_one_of_them_was_signalled(tmp_path):
-    spawn_local_ranks(preemption_worker, 2, Distributed(strategy="ddp"), tmp_path, 1, 2)
+    spawn_local_ranks(preemption_worker, 2, Distributed(strategy="replicate"), tmp_path, 1, 2)
     stops = [torch.load(tmp_path / f"rank{r}.pt")["stopped_at"] for r in range(2)]
     assert stops == [2, 2]
 
@@ -135,7 +135,7 @@ def test_distributed_refuses_backbone_double_backward(products, solver):
 
 def test_distributed_accepts_finite_differences_and_implicit_solvers():
     for solver in (Identity(), Neumann(), ConjugateGradient(), StocBIO()):
-        check_meta_learning_supported("ddp", "finite_difference", solver)
+        check_meta_learning_supported("replicate", "finite_difference", solver)
     check_meta_learning_supported("none", "autograd", Unrolled())
 
 

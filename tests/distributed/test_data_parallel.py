@@ -52,9 +52,9 @@ def single_process_reference() -> dict:
     "config",
     [
         Distributed(strategy="fsdp", activation_checkpointing=True),
-        Distributed(strategy="ddp"),
+        Distributed(strategy="replicate"),
     ],
-    ids=["fsdp+checkpointing", "ddp"],
+    ids=["fsdp+checkpointing", "replicate"],
 )
 def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
     spawn_local_ranks(gradient_worker, 2, config, tmp_path)
@@ -76,10 +76,10 @@ def test_two_ranks_match_one_process_with_the_global_batch(config, tmp_path):
     ("config", "solver"),
     [
         (Distributed(strategy="fsdp"), Neumann(steps=1, alpha=0.5)),
-        (Distributed(strategy="ddp"), Identity()),
-        (Distributed(strategy="ddp"), StocBIO(steps=2, alpha=0.5)),
+        (Distributed(strategy="replicate"), Identity()),
+        (Distributed(strategy="replicate"), StocBIO(steps=2, alpha=0.5)),
     ],
-    ids=["fsdp+neumann", "ddp+identity", "ddp+stocbio"],
+    ids=["fsdp+neumann", "replicate+identity", "replicate+stocbio"],
 )
 def test_meta_learning_on_two_ranks_matches_one_process(config, solver, tmp_path):
     steps = 4  # meta steps at 2 and 4

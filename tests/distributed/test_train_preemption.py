@@ -224,8 +224,8 @@ def test_distributed_run_refuses_double_backward_through_the_backbone(tiny_args,
 
 
 def test_distributed_run_refuses_gradient_aggregation(tiny_args, tmp_path, capsys):
-    args = tiny_args(tmp_path / "run", "ddp") + ["--gin", "gin/baselines/pcgrad.gin"]
+    args = tiny_args(tmp_path / "run", "replicate") + ["--gin", "gin/baselines/pcgrad.gin"]
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert "Distributed.strategy='ddp' cannot run MetaLearner.aggregate" in error
+    assert "Distributed.strategy='replicate' cannot run MetaLearner.aggregate" in error
     assert not (tmp_path / "run").exists()

@@ -19,9 +19,9 @@ names, so the rule here is by shape: tensors with fewer than two dimensions get 
 For UniVL the two rules pick the same tensors (every bias and LayerNorm parameter is a vector,
 every other parameter a matrix) but one: the release also decays the weight of
 ``normalize_video.visual_norm2d``, a LayerNorm whose name lacks "LayerNorm"; here it is not
-decayed. The release's learning-rate schedule lives in the optimizer;
-here it is the recipe's ``Recipe.schedule`` (``warmup_linear_schedule``), which scales the groups'
-``lr``. Its first update runs at ``lr / warmup_steps``, the release's at 0.
+decayed. The release's learning-rate schedule lives in the optimizer; here it is the recipe's
+``Recipe.lr_schedule`` (``warmup_linear_schedule``), which scales the groups' ``lr``. Its first
+update runs at ``lr / warmup_steps``, the release's at 0.
 """
 
 from __future__ import annotations
