@@ -4,15 +4,15 @@
         [--samples-per-shard N] [--workers N]
 
 The layout expected under --root (txt/{train,val,test}.jsonl, txt/train_ans2label.json,
-videos/<video_id>.avi) and what is written are described in meltr/data/alpro_qa.py. Rerunning
-keeps complete shards. Exit code 2 when questions lack their video (they are named) and
+videos/<video_id>.avi) and what is written are described in meltr/data/converters/alpro_qa.py.
+Rerunning keeps complete shards. Exit code 2 when questions lack their video (they are named) and
 --skip-missing is not given, or when an annotation file is absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.alpro_qa import convert_alpro_qa
+from meltr.data.converters.alpro_qa import convert_alpro_qa
 
 
 def main(argv: list[str] | None = None) -> int:

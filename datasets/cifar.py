@@ -4,15 +4,15 @@
         [--val-size 5000] [--seed 0] [--samples-per-shard 5000]
 
 --root is the release folder (``cifar-100-python/`` or ``cifar-10-batches-py/``) or its parent; the
-layout is described in meltr/data/cifar.py. Writes train-, val- and test-*.tar and classes.json;
-rerunning keeps complete shards; an --out holding another conversion is refused. Exit code 2 when a
-release file is missing or malformed (it is named).
+layout is described in meltr/data/converters/cifar.py. Writes train-, val- and test-*.tar and
+classes.json; rerunning keeps complete shards; an --out holding another conversion is refused. Exit
+code 2 when a release file is missing or malformed (it is named).
 """
 
 import argparse
 import sys
 
-from meltr.data.cifar import CifarFormatError, convert_cifar
+from meltr.data.converters.cifar import CifarFormatError, convert_cifar
 
 
 def main() -> int:

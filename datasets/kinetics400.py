@@ -4,16 +4,16 @@
         [--vq CODES.pkl]] [--skip-missing] [--samples-per-shard N] [--workers N]
 
 The layout expected under --root and how its splits map onto train / val / test are described in
-meltr/data/kinetics.py. Rerunning keeps complete shards; an --out holding another conversion is
-refused. Exit code 2 when listed clips have no file (they are named) and --skip-missing is not
-given, or when a file is missing or malformed.
+meltr/data/converters/kinetics.py. Rerunning keeps complete shards; an --out holding another
+conversion is refused. Exit code 2 when listed clips have no file (they are named) and
+--skip-missing is not given, or when a file is missing or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.kinetics import convert_kinetics
-from meltr.data.violet_release import MissingItemsError
+from meltr.data.converters.kinetics import convert_kinetics
+from meltr.data.converters.release_files import MissingItemsError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,19 +7,19 @@ WebDataset shards (feature + text kind).
         [--layout ...] [--features ...] [--skip-missing] [--samples-per-shard N]
 
 --root holds Processed/<layout>.pkl (or <layout>.pkl). --sdk holds the SDK's CMU-MOSI .csd files
-(labels, timestamped words, Facet, COVAREP; read with h5py: pip install meltr[mosi]) and
---folds the SDK's standard folds as JSON {"train": [video ids], "valid": [...], "test": [...]};
-see meltr/data/mosi_sdk.py for the alignment. One sample per utterance: the utterance text as
-its caption, the Facet (and COVAREP) rows as its features, the sentiment score as its label;
-train / val (valid) / test. Rerunning keeps complete shards; an --out holding another
-conversion is refused. Exit code 2 when utterances lack text or a finite label (they are named)
-and --skip-missing is not given, or when an input file is absent or malformed.
+(labels, timestamped words, Facet, COVAREP; read with h5py: pip install meltr[mosi]) and --folds the
+SDK's standard folds as JSON {"train": [video ids], "valid": [...], "test": [...]}; see
+meltr/data/converters/mosi_sdk.py for the alignment. One sample per utterance: the utterance text as
+its caption, the Facet (and COVAREP) rows as its features, the sentiment score as its label; train /
+val (valid) / test. Rerunning keeps complete shards; an --out holding another conversion is refused.
+Exit code 2 when utterances lack text or a finite label (they are named) and --skip-missing is not
+given, or when an input file is absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.mosi import FEATURES, LAYOUTS, plan_mosi, write_plan
+from meltr.data.converters.mosi import FEATURES, LAYOUTS, plan_mosi, write_plan
 
 
 def main() -> int:
@@ -48,7 +48,7 @@ def main() -> int:
     try:
         if args.sdk:
             try:
-                from meltr.data.mosi_sdk import plan_mosi_sdk
+                from meltr.data.converters.mosi_sdk import plan_mosi_sdk
             except ModuleNotFoundError as error:
                 print(
                     f"error: --sdk reads HDF5 with h5py ({error}): pip install meltr[mosi]",

@@ -7,15 +7,15 @@
 for checkpoint selection and sweeps that never look at the test split (tools/sweeps/).
 
 The layout expected under --root, and where the test captions come from, are described in
-meltr/data/msrvtt.py. Rerunning keeps complete shards; an --out holding another conversion is
-refused. Exit code 2 when listed videos lack an mp4 or captions or their mp4 does not decode (they
-are named) and --skip-missing is not given.
+meltr/data/converters/msrvtt.py. Rerunning keeps complete shards; an --out holding another
+conversion is refused. Exit code 2 when listed videos lack an mp4 or captions or their mp4 does not
+decode (they are named) and --skip-missing is not given.
 """
 
 import argparse
 import sys
 
-from meltr.data.msrvtt import MissingVideosError, convert_msrvtt
+from meltr.data.converters.msrvtt import MissingVideosError, convert_msrvtt
 
 
 def main() -> int:

@@ -4,18 +4,18 @@
         --layout retrieval-9k|retrieval-7k|caption [--skip-missing] [--samples-per-shard N]
         [--num-train 6513 --num-val 497]
 
-retrieval-9k / retrieval-7k: train from MSRVTT_train.9k.csv / .7k.csv (all captions per video),
-test the 1000 JSFusion pairs of MSRVTT_JSFUSION_test.csv. caption: MSRVTT-full, the videos of
+retrieval-9k / retrieval-7k: train from MSRVTT_train.9k.csv / .7k.csv (all captions per video), test
+the 1000 JSFusion pairs of MSRVTT_JSFUSION_test.csv. caption: MSRVTT-full, the videos of
 MSRVTT_data.json in order, 6513 train / 497 val / 2990 test, all 20 captions each. Details in
-meltr/data/msrvtt_features.py. Rerunning keeps complete shards; an --out holding another conversion
-is refused. Exit code 2 when listed videos lack features or captions (they are named) and --skip-
-missing is not given, or when a release file is absent or malformed.
+meltr/data/converters/msrvtt_features.py. Rerunning keeps complete shards; an --out holding another
+conversion is refused. Exit code 2 when listed videos lack features or captions (they are named) and
+--skip-missing is not given, or when a release file is absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.msrvtt_features import FULL_SPLIT, LAYOUTS, convert_msrvtt_features
+from meltr.data.converters.msrvtt_features import FULL_SPLIT, LAYOUTS, convert_msrvtt_features
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 
-from meltr.data.synthetic import ensure_synthetic_dataset
+from meltr.data.synthetic.video_captions import ensure_synthetic_dataset
 
 
 def main() -> None:

@@ -11,13 +11,16 @@ split. A size below 1 is a fraction of the kept rows, 1 or more a number of rows
 keeps a seeded random subset of the training split. Writes train-, val- and test-*.tar and
 classes.json (the class names); rerunning keeps complete shards. Exit code 2, with nothing
 written, when the file is missing, empty or unreadable, lacks a named column, or has fewer than
-two classes (each named). The format is described in meltr/data/text_classification.py.
+two classes (each named). The format is described in meltr/data/converters/text_classification.py.
 """
 
 import argparse
 import sys
 
-from meltr.data.text_classification import plan_text_classification, write_text_classification
+from meltr.data.converters.text_classification import (
+    plan_text_classification,
+    write_text_classification,
+)
 
 
 def main() -> int:

@@ -4,15 +4,17 @@
         [--annotation auto|json|tsv] [--skip-missing] [--samples-per-shard N] [--workers N]
 
 TASK is msrvtt-9k, msrvtt-7k, tgif-action, tgif-transition, tgif-frame or msvd-qa; the files
-expected under --root are listed in meltr/data/violet_release.py. Rerunning keeps complete shards;
-an --out holding another conversion is refused. Exit code 2 when annotated items lack frames or
-codes (they are named) and --skip-missing is not given, or when a file is missing or malformed.
+expected under --root are listed in meltr/data/converters/violet_release.py. Rerunning keeps
+complete shards; an --out holding another conversion is refused. Exit code 2 when annotated items
+lack frames or codes (they are named) and --skip-missing is not given, or when a file is missing or
+malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.violet_release import TASKS, MissingItemsError, convert_violet
+from meltr.data.converters.release_files import MissingItemsError
+from meltr.data.converters.violet_release import TASKS, convert_violet
 
 
 def main(argv: list[str] | None = None) -> int:

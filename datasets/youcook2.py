@@ -4,17 +4,17 @@
         [--data-pickle youcookii_data.no_transcript.pickle] [--skip-missing]
         [--samples-per-shard N]
 
-The layout expected under --root and what is written are described in meltr/data/youcook2.py: one
-sample per clip (caption), train from youcookii_train.csv, test from youcookii_val.csv. Rerunning
-keeps complete shards; an --out holding another conversion is refused. Exit code 2 when listed
-clips lack features, an entry or a caption (they are named) and --skip-missing is not given, or
-when a release file is absent or malformed.
+The layout expected under --root and what is written are described in
+meltr/data/converters/youcook2.py: one sample per clip (caption), train from youcookii_train.csv,
+test from youcookii_val.csv. Rerunning keeps complete shards; an --out holding another conversion is
+refused. Exit code 2 when listed clips lack features, an entry or a caption (they are named) and
+--skip-missing is not given, or when a release file is absent or malformed.
 """
 
 import argparse
 import sys
 
-from meltr.data.youcook2 import DATA_PICKLES, convert_youcook2
+from meltr.data.converters.youcook2 import DATA_PICKLES, convert_youcook2
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltr.data.synthetic import encode_mp4
+from meltr.data.synthetic.moving_shapes import encode_mp4
 
 NUM_VIDEOS, CAPTIONS_PER_VIDEO = 7, 3
 TRAIN_9K = ["video0", "video1", "video2", "video3", "video4"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meltr.data.synthetic import ensure_synthetic_dataset
+from meltr.data.synthetic.video_captions import ensure_synthetic_dataset
 from meltr.train.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,9 +2,10 @@
 
 A shard is ``{split}-{i:06d}.tar`` holding, per sample, the members of its kind
 (docs/ARCHITECTURE.md, "Shards"): ``<key>.json`` (the record, with ``"split"``) and the kind's
-data members (``mp4``, ``features.npy``, ``image.npy``), plus optional extra ``<name>.npy``
-arrays. The kind is a decoder class of ``meltr.data.decoders``; its ``members`` and
-``check_record`` decide what is valid, so what is written can be read.
+data members (``mp4``, ``features.npy``, ``image.npy``, ``tensor.npy``), plus optional extra
+``<name>.npy`` arrays. The kind is a decoder class of ``meltr.data.decoders`` (a ``SampleKind``);
+its ``members``, ``check_record`` and ``check_array`` decide what is valid, so what is written can
+be read.
 
 Resumability rests on one rule: shard ``i`` holds descriptions ``[i * n, (i + 1) * n)`` of the
 ordered list the caller passes. A shard is written under a temporary name and renamed when complete,
@@ -38,19 +39,12 @@ import webdataset as wds
 from tqdm import tqdm
 
 from meltr.atomic_files import write_text_atomically
-from meltr.data.decoders import CorruptSampleError
+from meltr.data.decoders import CorruptSampleError, SampleKind
 
 # ``{"__key__": str, "json": dict, <member>: bytes | numpy array, ...}``
 Sample = dict[str, Any]
-
-
-class Kind(Protocol):
-    """A sample kind: a decoder class of ``meltr.data.decoders``."""
-
-    members: tuple[str, ...]
-
-    @staticmethod
-    def check_record(record: dict) -> None: ...
+# A sample kind: a decoder class of ``meltr.data.decoders``.
+Kind = type[SampleKind]
 
 
 class Description(Protocol):
@@ -277,6 +271,9 @@ def _check_sample(sample: Sample, expected_key: str, split: str, kind: Kind) -> 
         raise ValueError(f"sample {expected_key!r}: 'json' must be a dict")
     try:
         kind.check_record(record)
+        for name in kind.members:
+            if name.endswith(".npy"):
+                kind.check_array(name, sample[name])
     except CorruptSampleError as error:
         raise ValueError(f"sample {expected_key!r}: {error}") from None
     if record.get("split") != split:

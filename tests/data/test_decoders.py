@@ -14,6 +14,7 @@ from meltr.data.decoders import (
     CorruptSampleError,
     FeatureText,
     ImageLabel,
+    TensorLabel,
     VideoLabel,
     VideoQA,
 )
@@ -190,6 +191,53 @@ def test_the_writer_checks_each_kind_and_the_stream_reads_it_back(tmp_path):
     assert batches[0]["label"].tolist() == [0, 1, 2, 0]
     stored = batches[1]["image"][0] * decoder.std + decoder.mean  # normalisation undone
     torch.testing.assert_close(stored, torch.full((3, 4, 4), 4 / 255))
+
+
+def tensor_sample(index: int, label: int | float, array: np.ndarray | None = None) -> dict:
+    array = np.arange(6, dtype=np.int16).reshape(2, 3) + index if array is None else array
+    record = {"tensor_id": f"t{index}", "label": label, "split": "train"}
+    return {"__key__": f"t{index}", "json": record, "tensor.npy": array}
+
+
+def test_tensor_label_round_trips_classes_and_targets_and_the_writer_checks_the_array(tmp_path):
+    keys = [Key(f"t{index}") for index in range(3)]
+    write_shards(
+        keys,
+        lambda d: tensor_sample(int(d.key[1:]), int(d.key[1:])),
+        tmp_path,
+        "train",
+        TensorLabel,
+    )
+    (batch,) = eval_loader(tmp_path, TensorLabel(), 3, split="train", num_workers=0)
+    expected = torch.arange(6.0).reshape(1, 2, 3) + torch.arange(3.0).reshape(3, 1, 1)
+    assert batch["tensor"].dtype == torch.float32 and torch.equal(batch["tensor"], expected)
+    assert batch["label"].tolist() == [0, 1, 2] and batch["tensor_id"] == ["t0", "t1", "t2"]
+    target = TensorLabel().train_item(
+        {
+            "__key__": "t9",
+            "json": json.dumps(tensor_sample(9, 2.5)["json"]).encode(),
+            "tensor.npy": npy(np.array([True, False])),
+        },
+        generator(),
+    )
+    assert target["label"] == 2.5 and target["tensor"].tolist() == [1.0, 0.0]
+    for bad, message in (
+        (np.array(["a"]), "not a bool or number array"),
+        (np.array([1.0, np.inf]), "not finite"),
+        (np.array([1e39]), "not finite as float32"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            write_shards(
+                [Key("t0")],
+                lambda d, bad=bad: tensor_sample(0, 0, bad),
+                tmp_path / "bad",
+                "train",
+                TensorLabel,
+            )
+    with pytest.raises(ValueError, match="'label' is -1"):
+        write_shards(
+            [Key("t0")], lambda d: tensor_sample(0, -1), tmp_path / "neg", "train", TensorLabel
+        )
 
 
 def test_corrupt_samples_of_any_kind_are_skipped_counted_and_named(tmp_path):

@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from meltr.data import decoders as decoders_module
 from meltr.data.decoders import VideoCaptions
+from meltr.data.decoders import video as video_decoders
 from meltr.data.stream import eval_loader, train_loader
 from meltr.data.text import MaskTokens, WordPieceTokenizer
 from meltr.data.transforms import video_transform
@@ -192,13 +192,13 @@ def test_resume_yields_exactly_the_remaining_batches(dataset, name, num_workers)
 
 def test_resume_does_not_decode_the_skipped_samples(dataset, monkeypatch):
     decoded = []
-    real_read_clip = decoders_module.read_clip
+    real_read_clip = video_decoders.read_clip
 
     def counting_read_clip(*args, **kwargs):
         decoded.append(args)
         return real_read_clip(*args, **kwargs)
 
-    monkeypatch.setattr(decoders_module, "read_clip", counting_read_clip)
+    monkeypatch.setattr(video_decoders, "read_clip", counting_read_clip)
     take(train(dataset, start_batch=50), 1)
     assert len(decoded) == 3
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from meltr.data.synthetic import encode_mp4
+from meltr.data.synthetic.moving_shapes import encode_mp4
 
 FRAMES, HEIGHT, WIDTH = 5, 24, 32
 

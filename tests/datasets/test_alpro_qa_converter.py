@@ -99,7 +99,7 @@ def test_questions_become_video_qa_samples_with_the_answer_labels(tmp_path, caps
 
 def test_the_decoder_reads_the_avi_samples(tmp_path):
     make_release(tmp_path / "msvd_qa")
-    from meltr.data.alpro_qa import convert_alpro_qa
+    from meltr.data.converters.alpro_qa import convert_alpro_qa
 
     convert_alpro_qa(tmp_path / "msvd_qa", tmp_path / "shards", skip_missing=True)
     vocab = tmp_path / "vocab.txt"
@@ -115,7 +115,7 @@ def test_the_decoder_reads_the_avi_samples(tmp_path):
 
 
 def test_malformed_annotations_are_named(tmp_path):
-    from meltr.data.alpro_qa import convert_alpro_qa
+    from meltr.data.converters.alpro_qa import convert_alpro_qa
 
     root = tmp_path / "msvd_qa"
     make_release(root)

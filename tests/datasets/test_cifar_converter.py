@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from meltr.data.cifar import CifarFormatError, convert_cifar
+from meltr.data.converters.cifar import CifarFormatError, convert_cifar
 from meltr.data.decoders import ImageLabel
 from meltr.data.stream import eval_loader
 

@@ -11,7 +11,7 @@ import pytest
 from fake_msrvtt import TRAIN_7K, TRAIN_9K, make_release
 from fake_violet_release import make_kinetics
 
-from meltr.data.msrvtt import MissingVideosError, convert_msrvtt
+from meltr.data.converters.msrvtt import MissingVideosError, convert_msrvtt
 
 REPO = Path(__file__).resolve().parents[2]
 

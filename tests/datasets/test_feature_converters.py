@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from meltr.data.conversion import MissingItemsError
+from meltr.data.converters.mosi import convert_mosi
+from meltr.data.converters.msrvtt_features import convert_msrvtt_features
+from meltr.data.converters.release_files import MissingItemsError
+from meltr.data.converters.youcook2 import convert_youcook2
 from meltr.data.decoders import FeatureText
-from meltr.data.mosi import convert_mosi
-from meltr.data.msrvtt_features import convert_msrvtt_features
 from meltr.data.stream import eval_loader
-from meltr.data.youcook2 import convert_youcook2
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_DIM = 6

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from test_feature_converters import read_back, run_cli
 
-from meltr.data.conversion import MissingItemsError
-from meltr.data.mosi import write_plan
-from meltr.data.mosi_sdk import plan_mosi_sdk
+from meltr.data.converters.mosi import write_plan
+from meltr.data.converters.mosi_sdk import plan_mosi_sdk
+from meltr.data.converters.release_files import MissingItemsError
 
 # (start, end, word) per video; "sp" marks a silence. Segments: [0, 2] and [2, 4] seconds.
 WORDS = [

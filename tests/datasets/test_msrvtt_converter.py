@@ -20,7 +20,7 @@ from fake_msrvtt import (
     make_release,
 )
 
-from meltr.data.msrvtt import MissingVideosError, convert_msrvtt
+from meltr.data.converters.msrvtt import MissingVideosError, convert_msrvtt
 
 REPO = Path(__file__).resolve().parents[2]
 

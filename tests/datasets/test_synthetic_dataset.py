@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from tokenizers import BertWordPieceTokenizer
 
-from meltr.data.synthetic import (
-    clip_rng,
-    ensure_synthetic_dataset,
-    generate_synthetic_dataset,
-    render_scene,
-    sample_scene,
-)
+from meltr.data.synthetic.generation import item_rng
+from meltr.data.synthetic.moving_shapes import render_scene, sample_scene
+from meltr.data.synthetic.video_captions import ensure_synthetic_dataset, generate_synthetic_dataset
 
 # The test's own reading of caption words: canonical meanings, rough reference colours.
 COLOUR_WORDS = {
@@ -171,7 +167,7 @@ def test_captions_describe_what_the_clip_shows(tmp_path):
     for split in ("train", "test"):
         for key, (mp4, meta) in read_shards(paths[split]).items():
             index = int(key.rsplit("-", 1)[1])
-            exact = render_scene(sample_scene(clip_rng(seed, split, index), size), num_frames, size)
+            exact = render_scene(sample_scene(item_rng(seed, split, index), size), num_frames, size)
             decoded = decode(mp4)
             assert np.abs(decoded.astype(int) - exact).mean() < 8, key  # the mp4 is that scene
             shown = measure_colour_and_motion(decoded) | measure_shape(exact)
@@ -267,6 +263,6 @@ def test_combinations_and_phrasing_split_the_grammar(tmp_path, combinations):
 
 
 def test_all_combinations_draw_the_held_out_pairs_too():
-    scenes = [sample_scene(clip_rng(0, "train", i), 32) for i in range(300)]
+    scenes = [sample_scene(item_rng(0, "train", i), 32) for i in range(300)]
     pairs = {(scene.shape, scene.colour) for scene in scenes}
     assert UNSEEN_PAIRS <= pairs and len(pairs) == 21

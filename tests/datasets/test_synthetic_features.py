@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from meltr.data.synthetic_features import (
+from meltr.data.synthetic.cooking_features import (
     ACTIONS,
     INGREDIENTS,
     PLACES,
@@ -107,7 +107,7 @@ def test_dataset_splits_vocabulary_and_manifest(tmp_path):
     )
     assert {p: (root / p).stat().st_mtime_ns for p in shard_times} == shard_times
     assert json.loads((root / "manifest.json").read_text())["arguments"]["num_val"] == 4
-    with pytest.raises(ValueError, match="other arguments"):
+    with pytest.raises(ValueError, match="holds another dataset"):
         generate_synthetic_features(root, num_train=13, num_val=4, num_test=5, samples_per_shard=8)
     with pytest.raises(ValueError, match="max_frames"):
         generate_synthetic_features(tmp_path / "bad", min_frames=5, max_frames=4)

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from meltr.data.decoders import VideoQA
-from meltr.data.synthetic import clip_rng, sample_scene
-from meltr.data.synthetic_qa import (
+from meltr.data.synthetic.generation import item_rng
+from meltr.data.synthetic.moving_shapes import sample_scene
+from meltr.data.synthetic.video_qa import (
     COLOUR_ANSWERS,
     colour_codes,
     generate_synthetic_qa,
@@ -45,7 +46,7 @@ def test_questions_and_answers_describe_the_rendered_scene(tmp_path):
     assert len(paths["train"]) == 2 and len(paths["val"]) == 1
     samples = members(paths["train"][0])
     for index, key in enumerate(sorted(samples)):
-        scene = sample_scene(clip_rng(0, "train", index), 32)
+        scene = sample_scene(item_rng(0, "train", index), 32)
         record = json.loads(samples[key]["json"])
         assert record["question"] == (
             f"what colour is the {scene.size} {scene.shape} moving {scene.direction} ?"
@@ -73,7 +74,7 @@ def test_direction_questions_are_multiple_choice(tmp_path):
     )
     assert paths["val"] == []
     for index, key in enumerate(sorted(samples := members(paths["train"][0]))):
-        scene = sample_scene(clip_rng(0, "train", index), 32)
+        scene = sample_scene(item_rng(0, "train", index), 32)
         record = json.loads(samples[key]["json"])
         assert record["options"] == ["left", "right", "up", "down"]
         assert record["options"][record["answer_index"]] == scene.direction

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from meltr.data.converters.text_classification import (
+    plan_text_classification,
+    write_text_classification,
+)
 from meltr.data.decoders import TextLabel
 from meltr.data.stream import eval_loader
 from meltr.data.text import WordPieceTokenizer
-from meltr.data.text_classification import plan_text_classification, write_text_classification
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = 'great fun dull awful film plot , and " a b'.split()

@@ -26,10 +26,10 @@ from fake_violet_release import (
 from shard_samples import read_samples
 
 from meltr.backbones.violet import release_choice_text
+from meltr.data.converters.violet_release import MissingItemsError, convert_violet
 from meltr.data.decoders import VideoQA
 from meltr.data.text import WordPieceTokenizer
 from meltr.data.video import read_clip
-from meltr.data.violet_release import MissingItemsError, convert_violet
 
 ROOT = Path(__file__).resolve().parents[2]
 

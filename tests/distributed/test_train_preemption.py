@@ -15,7 +15,7 @@ from dist_cli_worker import cli_worker, killed_while_saving_worker
 from torch.multiprocessing import ProcessExitedException
 
 import meltr
-from meltr.data.synthetic import ensure_synthetic_dataset
+from meltr.data.synthetic.video_captions import ensure_synthetic_dataset
 from meltr.train.cli import main
 from meltr.train.distributed import spawn_local_ranks
 from meltr.train.evaluate_cli import main as evaluate_main

@@ -127,7 +127,7 @@ def test_unused_recipe_bindings_are_listed_once(tiny_args, tmp_path):
 def test_synthetic_dataset_bindings_take_effect(tmp_path, monkeypatch):
     import gin
 
-    import meltr.train.configurables as configurables
+    import meltr.data.configurables as configurables
     from meltr.train.config import parse_gin
 
     monkeypatch.setenv("MELTR_CACHE", str(tmp_path))

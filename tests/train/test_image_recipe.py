@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from meltr.data.synthetic_images import generate_synthetic_images
+from meltr.data.synthetic.shape_images import generate_synthetic_images
 from meltr.train.cli import main
 from meltr.train.evaluate_cli import main as evaluate_main
 from meltr.train.inspect_cli import main as inspect_main

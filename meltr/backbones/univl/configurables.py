@@ -3,9 +3,9 @@
 Names: ``UniVL`` (``vocab_size`` comes from the tokenizer), ``load_univl_checkpoint``,
 ``UniVLLoss``, the transforms ``UniVLMasking`` and ``UniVLDecoderInputs`` (their tokenizer is the
 recipe's), the optimizer ``BertAdam`` (scoped as ``backbone/BertAdam``; the training system
-passes the parameters), and the generated feature dataset of the quick recipe:
-``synthetic_features`` (the generator's arguments), ``synthetic_features_dir`` and
-``synthetic_features_vocab`` (paths for the ``DATA_DIR`` / ``VOCAB`` macros).
+passes the parameters). The generated feature dataset of the quick recipe
+(``synthetic_features``, ``synthetic_features_dir``, ``synthetic_features_vocab``) is registered
+with the other built-in datasets by ``meltr.data.configurables``.
 """
 
 import gin
@@ -18,7 +18,6 @@ from meltr.backbones.univl import (
     UniVLMasking,
     load_univl_checkpoint,
 )
-from meltr.data import synthetic_features
 
 MODULE = "meltr.backbones.univl"
 
@@ -30,20 +29,3 @@ gin.external_configurable(
 for transform in (UniVLMasking, UniVLDecoderInputs):
     gin.external_configurable(transform, module=MODULE, denylist=["tokenizer"])
 gin.external_configurable(BertAdam, module=MODULE, denylist=["params"])
-
-synthetic_features_dataset = gin.external_configurable(
-    synthetic_features.cached_synthetic_features, "synthetic_features", module="meltr.data"
-)
-
-
-@gin.configurable(module="meltr.data")
-def synthetic_features_dir() -> str:
-    """The generated feature dataset's shard directory (generated on first use, with the
-    ``synthetic_features.*`` bindings)."""
-    return synthetic_features_dataset()["root"]
-
-
-@gin.configurable(module="meltr.data")
-def synthetic_features_vocab() -> str:
-    """The generated feature dataset's ``vocab.txt``."""
-    return synthetic_features_dataset()["vocab"]

@@ -21,8 +21,8 @@ from tiny_recipe import (
 )
 
 from meltr.backbones.alpro import Alpro, load_prompter
-from meltr.backbones.alpro.configurables import alpro_quick_entities, alpro_quick_vocab
-from meltr.data.synthetic_qa import cached_synthetic_qa
+from meltr.data.configurables import alpro_quick_entities, alpro_quick_vocab
+from meltr.data.synthetic.video_qa import cached_synthetic_qa
 from meltr.train import build
 from meltr.train.cli import configure, main
 from meltr.train.distributed import spawn_local_ranks

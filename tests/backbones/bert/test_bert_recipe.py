@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from bert_tiny import CONFIG, WORDS, hf_bert_state, write_tiny_bert
 
-from meltr.data.text_classification import plan_text_classification, write_text_classification
+from meltr.data.converters.text_classification import (
+    plan_text_classification,
+    write_text_classification,
+)
 from meltr.train.cli import main
 from meltr.train.distributed import spawn_local_ranks
 from meltr.train.evaluate_cli import main as evaluate_main

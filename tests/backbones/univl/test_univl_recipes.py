@@ -14,7 +14,7 @@ from univl_tiny import TINY
 
 import meltr.tasks.captioning as captioning
 import meltr.train.configurables  # noqa: F401  (the gin registrations)
-from meltr.backbones.univl.configurables import synthetic_features_dir
+from meltr.data.configurables import synthetic_features_dir
 from meltr.data.stream import eval_loader
 from meltr.metrics.captioning import CAPTION_METRICS, caption_scores
 from meltr.train import build

@@ -14,7 +14,7 @@ from tiny_recipe import cli_worker, recipe_environment  # noqa: F401 (a fixture)
 from violet_recipe_args import DATASET, SHRINK, quick_args
 from violet_tiny import TINY, TINY_OFFICIAL
 
-from meltr.data.synthetic_qa import COLOUR_ANSWERS, generate_synthetic_qa
+from meltr.data.synthetic.video_qa import COLOUR_ANSWERS, generate_synthetic_qa
 from meltr.train.cli import main
 from meltr.train.distributed import spawn_local_ranks
 from meltr.train.inspect_cli import main as inspect_main

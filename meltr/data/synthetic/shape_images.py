@@ -17,19 +17,28 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from meltr.data.cache import cache_root, generation_lock
+from meltr.data.cache import cache_folder
 from meltr.data.decoders import ImageLabel
-from meltr.data.writer import Sample, write_shards
+from meltr.data.synthetic.drawing import shape_mask
+from meltr.data.synthetic.generation import (
+    DatasetPlan,
+    check_minimums,
+    generate_dataset,
+    item_rng,
+)
+from meltr.data.writer import Sample
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 FILLS = ("solid", "striped")
 CLASSES = tuple(f"{fill} {shape}" for shape in SHAPES for fill in FILLS)
+# The images' own split codes (not the clips') and proportions: a square of side 1.7 radius, a
+# triangle 1.7 radius high (apex at -radius, base at +0.7 radius).
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-MANIFEST_FORMAT = "meltr-synthetic-images-v1"
+SQUARE_SCALE = 0.85
+TRIANGLE_BASE = 0.7
 
 
 @dataclass(frozen=True)
@@ -43,27 +52,6 @@ class ImageDescription:
     seed: int
 
 
-def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
-    """Boolean mask of ``shape`` centred at the origin of the coordinate grids ``x``, ``y``."""
-    distance = np.hypot(x, y)
-    if shape == "circle":
-        return distance <= radius
-    if shape == "ring":
-        return (distance <= radius) & (distance >= 0.55 * radius)
-    if shape == "square":
-        side = 0.85 * radius
-        return (np.abs(x) <= side) & (np.abs(y) <= side)
-    if shape == "cross":
-        arm = 0.33 * radius
-        return ((np.abs(x) <= arm) & (np.abs(y) <= radius)) | (
-            (np.abs(y) <= arm) & (np.abs(x) <= radius)
-        )
-    # triangle pointing up (y grows downwards): apex at -radius, base at +0.7 radius
-    top, bottom = -radius, 0.7 * radius
-    half_width = (y - top) / (bottom - top) * radius
-    return (y >= top) & (y <= bottom) & (np.abs(x) <= half_width)
-
-
 def render_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """uint8 ``[size, size, 3]`` image of class ``label`` (``CLASSES[label]``)."""
     shape, fill = SHAPES[label // len(FILLS)], FILLS[label % len(FILLS)]
@@ -74,7 +62,8 @@ def render_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     image = sky * (1 - height) + ground * height
     radius = rng.uniform(0.18, 0.34) * fine
     centre = rng.uniform(radius, fine - radius, 2)
-    mask = _shape_mask(shape, x - centre[0], y - centre[1], radius)
+    scale = SQUARE_SCALE if shape == "square" else 1.0
+    mask = shape_mask(shape, x - centre[0], y - centre[1], scale * radius, TRIANGLE_BASE)
     colour = rng.uniform(0, 255, 3)
     if fill == "striped":
         angle, period = rng.uniform(0, np.pi), fine / rng.uniform(4, 8)
@@ -91,15 +80,10 @@ def render_image(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The random stream of one image, independent of every other image."""
-    return np.random.default_rng([seed, SPLIT_CODES[split], index])
-
-
 def materialise_image(description: ImageDescription) -> Sample:
     """Draw the class and render one image (the ``materialise`` of ``write_shards``)."""
     d = description
-    rng = image_rng(d.seed, d.split, d.index)
+    rng = item_rng(d.seed, d.split, d.index, SPLIT_CODES)
     label = int(rng.integers(len(CLASSES)))
     return {
         "__key__": d.key,
@@ -117,50 +101,29 @@ def generate_synthetic_images(
     seed: int = 0,
     samples_per_shard: int = 1000,
     workers: int = 1,
+    replace: bool = False,
 ) -> dict:
     """Write the dataset (train / val / test shards, ``classes.json``, ``manifest.json``) into
-    ``out_dir``, or return it as it is when a complete one with the same arguments is there.
+    ``out_dir``; reused or resumed as ``meltr.data.synthetic.generation`` says.
 
-    Returns ``{"root": str, "classes": [names], "train" / "val" / "test": [shard paths]}``.
-    ValueError for a bad argument (named) or shards of other arguments in ``out_dir``.
+    Returns ``{"root", "manifest": paths, "classes": [names], "train" / "val" / "test": [shard
+    paths]}``. ValueError for a bad argument (named), or for ``out_dir`` holding another dataset
+    unless ``replace``.
     """
     arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test, size=size)
     arguments |= dict(seed=seed, samples_per_shard=samples_per_shard)
-    for name, value in arguments.items():
-        low = 8 if name == "size" else (1 if name in ("num_train", "samples_per_shard") else 0)
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    if manifest is not None and manifest.get("arguments") != arguments:
-        raise ValueError(
-            f"{out_dir} holds synthetic images generated with other arguments "
-            f"({manifest.get('arguments')}); use another directory"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(
-        json.dumps({"format": MANIFEST_FORMAT, "arguments": arguments}, indent=2) + "\n"
-    )
-    paths: dict = {"root": str(out_dir), "classes": list(CLASSES)}
-    for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
-        descriptions = [
+    minimum = dict(num_train=1, num_val=0, num_test=0, size=8, seed=0, samples_per_shard=1)
+    check_minimums(arguments, minimum)
+    splits = {
+        split: [
             ImageDescription(f"img-{split}-{i:06d}", split, i, size, seed) for i in range(count)
         ]
-        paths[split] = [
-            str(path)
-            for path in write_shards(
-                descriptions,
-                materialise_image,
-                out_dir,
-                split,
-                ImageLabel,
-                samples_per_shard,
-                workers,
-            )
-        ]
-    (out_dir / "classes.json").write_text(json.dumps(list(CLASSES)) + "\n")
-    return paths
+        for split, count in (("train", num_train), ("val", num_val), ("test", num_test))
+    }
+    classes = {"classes.json": json.dumps(list(CLASSES)) + "\n"}
+    plan = DatasetPlan(splits, materialise_image, ImageLabel, samples_per_shard, classes)
+    paths = generate_dataset(out_dir, "synthetic-images", arguments, plan, workers, replace)
+    return paths | {"classes": list(CLASSES)}
 
 
 def cached_synthetic_images(
@@ -174,7 +137,5 @@ def cached_synthetic_images(
     """The synthetic image dataset with these arguments, generated into ``cache_root() /
     synthetic-images-<arguments>`` if absent. Returns ``generate_synthetic_images``'s paths."""
     arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test, size=size, seed=seed)
-    suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
-    directory = cache_root() / f"synthetic-images-{suffix}"
-    with generation_lock(directory):
-        return generate_synthetic_images(directory, workers=workers, **arguments)
+    directory = cache_folder("synthetic-images", arguments)
+    return generate_synthetic_images(directory, workers=workers, replace=True, **arguments)

@@ -1,5 +1,5 @@
 """Read CMU-MOSI from the CMU-MultimodalSDK's computational sequences (``.csd``) into the
-utterances ``meltr.data.mosi`` writes (the same shards as from MMSA's pickles).
+utterances ``meltr.data.converters.mosi`` writes (the same shards as from MMSA's pickles).
 
 A ``.csd`` file is HDF5 with one top-level group (the sequence's root name) holding
 ``data/<video_id>/features`` ``[T, D]`` and ``data/<video_id>/intervals`` ``[T, 2]`` (start and end
@@ -42,8 +42,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from meltr.data.conversion import MissingItem
-from meltr.data.mosi import (
+from meltr.data.converters.mosi import (
     FEATURES,
     LAYOUTS,
     SPLITS,
@@ -51,6 +50,7 @@ from meltr.data.mosi import (
     add_utterance,
     finite_rows,
 )
+from meltr.data.converters.release_files import MissingItem
 
 SDK_FILES = {
     "labels": "CMU_MOSI_Opinion_Labels.csd",

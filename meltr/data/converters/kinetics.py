@@ -28,15 +28,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-from meltr.data.conversion import read_csv_rows
-from meltr.data.decoders import VideoLabel
-from meltr.data.release_frames import (
+from meltr.data.converters.release_files import MissingItem, MissingItemsError, read_csv_rows
+from meltr.data.converters.release_frames import (
     check_codes,
     encode_lossless_mp4,
     load_vq_pickle,
     square_frames,
 )
-from meltr.data.violet_release import MissingItem, MissingItemsError
+from meltr.data.decoders import VideoLabel
 from meltr.data.writer import Sample, write_shards
 
 CSV_SPLITS = {"train": ("train",), "validate": ("validate", "val"), "test": ("test",)}
@@ -189,7 +188,7 @@ def convert_kinetics(
         raise ValueError("dVAE codes (vq) describe fixed frames: give frames=N with them")
     plan = plan_kinetics(root, vq)
     if plan.missing and not skip_missing:
-        raise MissingItemsError(plan.missing, "clips")
+        raise MissingItemsError("Kinetics", plan.missing)
     materialise = functools.partial(materialise_clip, frames=frames, size=size)
     result: dict = {"skipped": plan.missing}
     for split, clips in plan.clips.items():

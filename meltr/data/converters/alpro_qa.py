@@ -27,7 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meltr.data.conversion import MissingItem, MissingItemsError, load_json, require_file
+from meltr.data.converters.release_files import (
+    MissingItem,
+    MissingItemsError,
+    load_json,
+    require_file,
+)
 from meltr.data.decoders import VideoQA
 from meltr.data.writer import Sample, write_shards
 

@@ -21,18 +21,23 @@ Every clip is a pure function of ``(seed, split, index)`` and the arguments.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from meltr.data.cache import cache_root, generation_lock
+from meltr.data.cache import cache_folder
 from meltr.data.decoders import FeatureText
-from meltr.data.synthetic import SPECIAL_TOKENS, SPLIT_CODES, caption_words
-from meltr.data.writer import Sample, write_shards
+from meltr.data.synthetic.generation import (
+    DatasetPlan,
+    check_minimums,
+    generate_dataset,
+    item_rng,
+    text_lines,
+)
+from meltr.data.synthetic.words import vocabulary
+from meltr.data.writer import Sample
 
 # action -> its verbs as (base, third person, gerund, participle)
 ACTIONS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
@@ -80,7 +85,6 @@ TRANSCRIPTS = (
     "next the {ingredient}",
 )
 TRANSCRIPT_VERBS = ("need", "take", "use", "grab")
-MANIFEST_FORMAT = "meltr-synthetic-features-v1"
 # The random stream of the prototype table: ``[seed, PROTOTYPE_STREAM]`` (two numbers) never
 # equals a clip's ``[seed, split code, index]``.
 PROTOTYPE_STREAM = 3
@@ -198,19 +202,13 @@ def build_vocab() -> list[str]:
     phrases += [phrase for places in PLACES.values() for group in places for phrase in group]
     phrases += [word for words in SPEEDS.values() for word in words]
     phrases += [re.sub(r"\{\w+\}", " ", template) for template in (*TEMPLATES, *TRANSCRIPTS)]
-    words = {word for phrase in phrases for word in caption_words(phrase)}
-    return list(SPECIAL_TOKENS) + sorted(words)
-
-
-def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The random stream of one clip, independent of every other clip."""
-    return np.random.default_rng([seed, SPLIT_CODES[split], index])
+    return vocabulary(phrases)
 
 
 def materialise_feature_clip(description: FeatureClipDescription) -> Sample:
     """Draw, render and caption one clip (the ``materialise`` of ``write_shards``)."""
     d = description
-    rng = clip_rng(d.seed, d.split, d.index)
+    rng = item_rng(d.seed, d.split, d.index)
     step = sample_step(rng, d.min_frames, d.max_frames)
     features = render_features(step, attribute_prototypes(d.seed, d.feature_dim), d.noise, rng)
     captions: list[str] = []
@@ -242,83 +240,48 @@ def generate_synthetic_features(
     captions_per_train_video: int = 4,
     references_per_eval_video: int = 3,
     samples_per_shard: int = 512,
+    workers: int = 1,
+    replace: bool = False,
 ) -> dict:
     """Write the dataset (train / val / test shards of the feature + text kind, ``vocab.txt``,
-    ``manifest.json``) into ``out_dir``, or return it as it is when a complete one with the same
-    arguments is there (resumable: complete shards are kept).
+    ``manifest.json``) into ``out_dir``; reused or resumed as ``meltr.data.synthetic.generation``
+    says.
 
-    Returns ``{"root", "vocab", "train", "val", "test"}`` (paths; a split of 0 clips has no
-    shards). ValueError for a bad argument (named) or another dataset in ``out_dir``.
+    Returns ``{"root", "vocab", "manifest", "train", "val", "test"}`` (paths; a split of 0 clips
+    has no shards). ValueError for a bad argument (named), or for ``out_dir`` holding another
+    dataset unless ``replace``.
     """
-    arguments = dict(
-        num_train=num_train,
-        num_val=num_val,
-        num_test=num_test,
-        feature_dim=feature_dim,
-        min_frames=min_frames,
-        max_frames=max_frames,
-        noise=noise,
-        seed=seed,
-        captions_per_train_video=captions_per_train_video,
-        references_per_eval_video=references_per_eval_video,
-        samples_per_shard=samples_per_shard,
-    )
+    arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test)
+    arguments |= dict(feature_dim=feature_dim, min_frames=min_frames, max_frames=max_frames)
+    arguments |= dict(noise=noise, seed=seed, captions_per_train_video=captions_per_train_video)
+    arguments |= dict(references_per_eval_video=references_per_eval_video)
+    arguments |= dict(samples_per_shard=samples_per_shard)
     _check_arguments(arguments)
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    if manifest is not None and manifest != {"format": MANIFEST_FORMAT, "arguments": arguments}:
-        raise ValueError(
-            f"{out_dir} holds a dataset generated with other arguments ({manifest.get('arguments')}"
-            "); use another directory"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(
-        json.dumps({"format": MANIFEST_FORMAT, "arguments": arguments}, indent=2) + "\n"
-    )
-    paths: dict = {"root": str(out_dir), "vocab": str(out_dir / "vocab.txt")}
+    clip = dict(seed=seed, feature_dim=feature_dim, min_frames=min_frames, max_frames=max_frames)
+    clip |= dict(noise=noise)
+    splits = {}
     for split, count, num_captions in (
         ("train", num_train, captions_per_train_video),
         ("val", num_val, references_per_eval_video),
         ("test", num_test, references_per_eval_video),
     ):
-        descriptions = [
+        splits[split] = [
             FeatureClipDescription(
-                key=f"cook-{split}-{index:06d}",
-                split=split,
-                index=index,
-                seed=seed,
-                feature_dim=feature_dim,
-                min_frames=min_frames,
-                max_frames=max_frames,
-                noise=noise,
-                num_captions=num_captions,
+                f"cook-{split}-{i:06d}", split, i, num_captions=num_captions, **clip
             )
-            for index in range(count)
+            for i in range(count)
         ]
-        paths[split] = [
-            str(path)
-            for path in write_shards(
-                descriptions,
-                materialise_feature_clip,
-                out_dir,
-                split,
-                FeatureText,
-                samples_per_shard,
-            )
-        ]
-    (out_dir / "vocab.txt").write_text("\n".join(build_vocab()) + "\n")
-    return paths
+    vocab = {"vocab.txt": text_lines(build_vocab())}
+    plan = DatasetPlan(splits, materialise_feature_clip, FeatureText, samples_per_shard, vocab)
+    paths = generate_dataset(out_dir, "synthetic-features", arguments, plan, workers, replace)
+    return paths | {"vocab": os.path.join(paths["root"], "vocab.txt")}
 
 
 def _check_arguments(arguments: dict) -> None:
     minimum = {"num_train": 1, "num_val": 0, "num_test": 1, "feature_dim": 1, "min_frames": 1}
     minimum |= {"max_frames": 1, "seed": 0, "samples_per_shard": 1}
     minimum |= {"captions_per_train_video": 1, "references_per_eval_video": 1}
-    for name, low in minimum.items():
-        value = arguments[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_minimums(arguments, minimum)
     if arguments["max_frames"] < arguments["min_frames"]:
         raise ValueError(
             f"max_frames ({arguments['max_frames']}) must be >= min_frames "
@@ -344,7 +307,5 @@ def cached_synthetic_features(
     arguments = dict(num_train=num_train, num_val=num_val, num_test=num_test)
     arguments |= dict(feature_dim=feature_dim, min_frames=min_frames, max_frames=max_frames)
     arguments |= dict(noise=noise, seed=seed)
-    suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
-    directory = cache_root() / f"synthetic-features-{suffix}"
-    with generation_lock(directory):
-        return generate_synthetic_features(directory, **arguments)
+    directory = cache_folder("synthetic-features", arguments)
+    return generate_synthetic_features(directory, replace=True, **arguments)

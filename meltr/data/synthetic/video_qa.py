@@ -1,4 +1,4 @@
-"""A procedural video question-answering dataset on the moving-shapes clips of ``synthetic``.
+"""A generated video question-answering dataset on the clips of ``moving_shapes``.
 
 Each clip (the same scene sampling and rendering as the captions dataset) gets one question:
 
@@ -14,39 +14,41 @@ member of visual-token codes for masked visual modelling. These codes are NOT th
 of each cell of a ``grid x grid`` partition of every frame with each channel quantised to
 ``levels`` levels (``levels ** 3`` codes), computed from the rendered frames before encoding.
 
-Every clip is a pure function of ``(seed, split, index)`` and the arguments; the dataset is
-generated once into ``cache_root() / synthetic-qa-<arguments>`` and reused (resumed when
-interrupted).
+Every clip is a pure function of ``(seed, split, index)`` and the arguments; ``cached_synthetic_qa``
+generates the dataset once into ``cache_root() / synthetic-qa-<arguments>``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from meltr.data.cache import cache_root, generation_lock
+from meltr.data.cache import cache_folder
 from meltr.data.decoders import VideoQA
-from meltr.data.synthetic import (
+from meltr.data.synthetic.generation import (
+    DatasetPlan,
+    check_minimums,
+    generate_dataset,
+    item_rng,
+    text_lines,
+)
+from meltr.data.synthetic.moving_shapes import (
     COLOURS,
     DIRECTIONS,
-    SPECIAL_TOKENS,
-    caption_words,
-    clip_rng,
+    SHAPES,
+    SIZES,
     encode_mp4,
     render_scene,
     sample_scene,
 )
-from meltr.data.writer import Sample, write_shards
+from meltr.data.synthetic.words import SPECIAL_TOKENS, caption_words
+from meltr.data.writer import Sample
 
 QUESTIONS = ("colour", "direction")
 COLOUR_ANSWERS = tuple(COLOURS)
 DIRECTION_OPTIONS = tuple(DIRECTIONS)
-SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
 
 
 def colour_question(scene) -> str:
@@ -73,7 +75,7 @@ def colour_codes(frames: np.ndarray, grid: int, levels: int) -> np.ndarray:
 def qa_vocab() -> list[str]:
     """BERT-format vocabulary of every question and answer: specials first, then the words."""
     words = {"what", "colour", "is", "the", "moving", "which", "way", "does", "move", "?"}
-    words |= set(COLOURS) | set(DIRECTIONS) | {"circle", "square", "triangle", "small", "large"}
+    words |= set(COLOURS) | set(DIRECTIONS) | set(SHAPES) | set(SIZES)
     assert all(caption_words(word) == [word] for word in words - {"?"})
     return list(SPECIAL_TOKENS) + sorted(words)
 
@@ -96,7 +98,7 @@ class QAClip:
 
 def materialise_qa_clip(clip: QAClip) -> Sample:
     """Render, question and encode one clip; its colour codes as ``vq.npy``."""
-    scene = sample_scene(clip_rng(clip.seed, clip.split, clip.index), clip.size)
+    scene = sample_scene(item_rng(clip.seed, clip.split, clip.index), clip.size)
     frames = render_scene(scene, clip.num_frames, clip.size)
     record = {"video_id": clip.key, "split": clip.split}
     if clip.question == "colour":
@@ -134,56 +136,36 @@ def generate_synthetic_qa(
     levels: int = 4,
     samples_per_shard: int = 256,
     workers: int = 1,
+    replace: bool = False,
 ) -> dict:
-    """Write the QA dataset into ``out_dir`` (shards, ``vocab.txt``, ``answers.txt``, a manifest
-    written last); a complete one with the same arguments is reused as it is.
+    """Write the QA dataset into ``out_dir`` (shards, ``vocab.txt``, ``answers.txt``,
+    ``manifest.json``); reused or resumed as ``meltr.data.synthetic.generation`` says.
 
-    Returns ``{"root", "vocab", "answers": paths, "train", "val", "test": shard lists}``.
+    Returns ``{"root", "vocab", "answers", "manifest": paths, "train", "val", "test": shard
+    lists}``. Raises ValueError for a bad argument (named), or for ``out_dir`` holding another
+    dataset unless ``replace``.
     """
     if question not in QUESTIONS:
         raise ValueError(f"question must be one of {QUESTIONS}, got {question!r}")
-    for name, value, low in (
-        ("num_train", num_train, 1),
-        ("num_val", num_val, 0),
-        ("num_test", num_test, 1),
-        ("num_frames", num_frames, 2),
-        ("grid", grid, 1),
-        ("levels", levels, 2),
-    ):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if size % 2 or size % grid:
-        raise ValueError(f"size must be even and a multiple of grid={grid}, got {size}")
     arguments = dict(question=question, num_train=num_train, num_val=num_val, num_test=num_test)
     arguments |= dict(num_frames=num_frames, size=size, fps=fps, seed=seed, grid=grid)
     arguments |= dict(levels=levels, samples_per_shard=samples_per_shard)
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / MANIFEST
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()) == arguments:
-        return _paths(out_dir)
-    manifest_path.unlink(missing_ok=True)
+    minimum = dict(num_train=1, num_val=0, num_test=1, num_frames=2, grid=1, levels=2)
+    check_minimums(arguments, minimum | dict(size=2, fps=1, seed=0, samples_per_shard=1))
+    if size % 2 or size % grid:
+        raise ValueError(f"size must be even and a multiple of grid={grid}, got {size}")
     common = dict(seed=seed, question=question, num_frames=num_frames, size=size, fps=fps)
     common |= dict(grid=grid, levels=levels)
-    for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
-        if count:
-            clips = [QAClip(f"qa-{split}-{i:06d}", split, i, **common) for i in range(count)]
-            write_shards(
-                clips, materialise_qa_clip, out_dir, split, VideoQA, samples_per_shard, workers
-            )
-    (out_dir / "vocab.txt").write_text("\n".join(qa_vocab()) + "\n")
-    answers = COLOUR_ANSWERS if question == "colour" else DIRECTION_OPTIONS
-    (out_dir / "answers.txt").write_text("\n".join(answers) + "\n")
-    manifest_path.write_text(json.dumps(arguments, sort_keys=True) + "\n")
-    return _paths(out_dir)
-
-
-def _paths(directory: Path) -> dict:
-    return {
-        "root": str(directory),
-        "vocab": str(directory / "vocab.txt"),
-        "answers": str(directory / "answers.txt"),
-        **{split: sorted(str(p) for p in directory.glob(f"{split}-*.tar")) for split in SPLITS},
+    splits = {
+        split: [QAClip(f"qa-{split}-{i:06d}", split, i, **common) for i in range(count)]
+        for split, count in (("train", num_train), ("val", num_val), ("test", num_test))
     }
+    answers = COLOUR_ANSWERS if question == "colour" else DIRECTION_OPTIONS
+    text_files = {"vocab.txt": text_lines(qa_vocab()), "answers.txt": text_lines(answers)}
+    plan = DatasetPlan(splits, materialise_qa_clip, VideoQA, samples_per_shard, text_files)
+    paths = generate_dataset(out_dir, "synthetic-qa", arguments, plan, workers, replace)
+    root = paths["root"]
+    return paths | {name: os.path.join(root, f"{name}.txt") for name in ("vocab", "answers")}
 
 
 def cached_synthetic_qa(
@@ -197,10 +179,8 @@ def cached_synthetic_qa(
     workers: int = 2,
 ) -> dict:
     """The QA dataset with these arguments, generated into ``cache_root() /
-    synthetic-qa-<arguments>`` if absent."""
+    synthetic-qa-<arguments>`` if absent. Returns ``generate_synthetic_qa``'s paths."""
     arguments = dict(question=question, num_train=num_train, num_val=num_val)
     arguments |= dict(num_test=num_test, num_frames=num_frames, size=size, seed=seed)
-    suffix = "-".join(f"{name}{value}" for name, value in sorted(arguments.items()))
-    directory = cache_root() / f"synthetic-qa-{suffix}"
-    with generation_lock(directory):
-        return generate_synthetic_qa(directory, workers=workers, **arguments)
+    directory = cache_folder("synthetic-qa", arguments)
+    return generate_synthetic_qa(directory, workers=workers, replace=True, **arguments)

@@ -1,12 +1,12 @@
 """Convert CMU-MOSI in the MMSA pickle layout into shards of the feature + text kind.
 
-Expected input: MMSA's ``Processed/aligned_50.pkl`` or ``unaligned_50.pkl`` (``root`` is the
-folder holding ``Processed/`` or the pickles themselves), a pickle of ``{"train", "valid",
-"test"} -> {"raw_text": [N] str, "vision": float [N, T_v, 20] (Facet), "audio": float [N, T_a, 5]
-(COVAREP), "id": [N] str, "regression_labels": [N] in [-3, 3], ...}``, plus ``vision_lengths`` /
-``audio_lengths`` in the unaligned layout (aligned: T = 50 word-aligned rows, zero-padded).
-The CMU-MultimodalSDK's ``.csd`` files (HDF5) are read by ``meltr.data.mosi_sdk`` into the same
-utterances (it needs ``h5py``: ``pip install meltr[mosi]``).
+Expected input: MMSA's ``Processed/aligned_50.pkl`` or ``unaligned_50.pkl`` (``root`` is the folder
+holding ``Processed/`` or the pickles themselves), a pickle of ``{"train", "valid", "test"} ->
+{"raw_text": [N] str, "vision": float [N, T_v, 20] (Facet), "audio": float [N, T_a, 5] (COVAREP),
+"id": [N] str, "regression_labels": [N] in [-3, 3], ...}``, plus ``vision_lengths`` /
+``audio_lengths`` in the unaligned layout (aligned: T = 50 word-aligned rows, zero-padded). The
+CMU-MultimodalSDK's ``.csd`` files (HDF5) are read by ``meltr.data.converters.mosi_sdk`` into the
+same utterances (it needs ``h5py``: ``pip install meltr[mosi]``).
 
 What UniVL reads: its text encoder takes the utterance (``raw_text``, the sample's one caption),
 its "video" encoder a feature sequence. MOSI has no S3D features, so the sequence is the Facet
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltr.data.conversion import MissingItem, MissingItemsError, load_pickle
+from meltr.data.converters.release_files import MissingItem, MissingItemsError, load_pickle
 from meltr.data.decoders import FeatureText
 from meltr.data.writer import Sample, write_shards
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltr.data.conversion import (
+from meltr.data.converters.release_files import (
     MissingItem,
     MissingItemsError,
     load_pickle,

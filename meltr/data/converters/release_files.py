@@ -1,6 +1,6 @@
-"""What the feature-release converters (``meltr.data.youcook2``, ``msrvtt_features``, ``mosi``)
-share: listed items that cannot be written, and reading the releases' pickle, csv and json files
-with errors that name the file."""
+"""What the converters share: listed items that cannot be written (``MissingItem``,
+``MissingItemsError``), and reading the releases' pickle, csv, json and text files with errors
+that name the file."""
 
 from __future__ import annotations
 

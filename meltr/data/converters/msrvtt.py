@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from meltr.data.conversion import load_pickle, read_csv_rows, read_lines
+from meltr.data.converters.release_files import load_pickle, read_csv_rows, read_lines
 from meltr.data.decoders import VideoCaptions
 from meltr.data.video import VideoDecodeError, check_video_file
 from meltr.data.writer import Sample, write_shards

@@ -37,14 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from meltr.data.conversion import read_csv_rows
-from meltr.data.decoders import VideoCaptions, VideoQA
-from meltr.data.release_frames import (
+from meltr.data.converters.release_files import MissingItem, MissingItemsError, read_csv_rows
+from meltr.data.converters.release_frames import (
     check_codes,
     frames_to_mp4,
     load_frame_pickle,
     load_vq_pickle,
 )
+from meltr.data.decoders import VideoCaptions, VideoQA
 from meltr.data.writer import Sample, write_shards
 
 SPLITS = ("train", "val", "test")
@@ -83,31 +83,6 @@ class Entry:
     record: dict
     frames: tuple = ()
     codes: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class MissingItem:
-    """An annotated item that cannot be written, and why."""
-
-    item: str
-    split: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.item} ({self.split}: {self.reason})"
-
-
-class MissingItemsError(ValueError):
-    """Annotated items whose video has no frames or no codes; ``missing`` names them."""
-
-    def __init__(self, missing: list[MissingItem], what: str = "items"):
-        self.missing = missing
-        shown = ", ".join(str(m) for m in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        super().__init__(
-            f"{len(missing)} annotated {what} cannot be converted: {shown}{more} "
-            "(pass skip_missing / --skip-missing to leave them out)"
-        )
 
 
 @dataclass
@@ -384,7 +359,7 @@ def convert_violet(
     """
     plan = plan_violet(root, task, vq, annotation)
     if plan.missing and not skip_missing:
-        raise MissingItemsError(plan.missing)
+        raise MissingItemsError(f"VIOLET {task}", plan.missing)
     kind = VideoCaptions if TASKS[task].kind == "retrieval" else VideoQA
     materialise: Callable[[Entry], Sample] = functools.partial(materialise_entry, size=size)
     result: dict = {"skipped": plan.missing, "annotation_source": plan.annotation_source}
