@@ -15,7 +15,8 @@ decode (they are named) and --skip-missing is not given.
 import argparse
 import sys
 
-from meltr.data.converters.msrvtt import MissingVideosError, convert_msrvtt
+from meltr.data.converters.msrvtt import convert_msrvtt
+from meltr.data.converters.release_files import MissingItemsError
 
 
 def main() -> int:
@@ -36,7 +37,7 @@ def main() -> int:
         result = convert_msrvtt(
             args.root, args.out, args.split, args.skip_missing, args.samples_per_shard, args.val
         )
-    except (MissingVideosError, FileNotFoundError, ValueError) as error:
+    except (MissingItemsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for missing in result["skipped"]:

@@ -174,7 +174,32 @@ def _difference(plus, minus, eps: float):
     return [(a - b) / eps for a, b in zip(plus, minus, strict=True)]
 
 
-class FiniteDifference:
+class CentralDifferenceHvp:
+    """Central finite-difference HVPs: ``(g(w + eps q) - g(w - eps q)) / (2 eps)`` with ``g`` the
+    gradient of ``meta(losses())`` (the step rule's ``"hvp"`` scheme); shared by the backends
+    whose Hessian products are finite differences."""
+
+    def hvp(
+        self,
+        losses: PinnedLosses,
+        params: NamedParams,
+        meta: MetaFn,
+        tangent: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        eps = finite_difference_step(params, tangent, relative_step("hvp", params))
+        if eps == 0.0:
+            return [torch.zeros_like(p) for _, p in params]
+
+        def gradient() -> list[torch.Tensor]:
+            with torch.enable_grad():
+                objective = meta(losses())
+                return backward_gradients([objective], [torch.ones_like(objective)], params)
+
+        plus, minus = perturbed_evaluations(params, tangent, (eps, -eps), gradient)
+        return _difference(plus, minus, 2.0 * eps)
+
+
+class FiniteDifference(CentralDifferenceHvp):
     """Finite differences of no-grad forwards with the same RNG state on every side; see the
     module docstring. ``one_sided``: ``loss_jvp`` takes ``(l(w + eps q) - l(w)) / eps`` from
     one perturbed forward and the loss values at w the caller already has (``values``);
@@ -207,22 +232,3 @@ class FiniteDifference:
                 values = losses()
         (plus,) = perturbed_evaluations(params, tangent, (eps,), losses)
         return _difference(plus, values.detach(), eps)
-
-    def hvp(
-        self,
-        losses: PinnedLosses,
-        params: NamedParams,
-        meta: MetaFn,
-        tangent: Sequence[torch.Tensor],
-    ) -> list[torch.Tensor]:
-        eps = finite_difference_step(params, tangent, relative_step("hvp", params))
-        if eps == 0.0:
-            return [torch.zeros_like(p) for _, p in params]
-
-        def gradient() -> list[torch.Tensor]:
-            with torch.enable_grad():
-                objective = meta(losses())
-                return backward_gradients([objective], [torch.ones_like(objective)], params)
-
-        plus, minus = perturbed_evaluations(params, tangent, (eps, -eps), gradient)
-        return _difference(plus, minus, 2.0 * eps)

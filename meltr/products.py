@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 import torch
 
-from meltr.finite_differences import FiniteDifference, MetaFn
+from meltr.finite_differences import CentralDifferenceHvp, FiniteDifference, MetaFn
 from meltr.gradients import NamedParams, backward_gradients
 from meltr.objective import PinnedLosses, math_attention
 from meltr.ranks import is_data_parallel
@@ -72,7 +72,7 @@ def refuse_data_parallel(what: str, instead: str = "use products='finite_differe
         )
 
 
-class TaskGradients:
+class TaskGradients(CentralDifferenceHvp):
     """Exact JVPs from the tasks' own gradients, central finite-difference HVPs; see the module
     docstring."""
 
@@ -107,14 +107,15 @@ class TaskGradients:
             ]
         )
 
-    def hvp(
-        self,
-        losses: PinnedLosses,
-        params: NamedParams,
-        meta: MetaFn,
-        tangent: Sequence[torch.Tensor],
-    ) -> list[torch.Tensor]:
-        return FiniteDifference().hvp(losses, params, meta, tangent)
+
+def _functional_point(
+    params: NamedParams, tangent: Sequence[torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(primals, tangents)``: the detached weights and the tangent by parameter name, as
+    ``torch.func.jvp`` over ``PinnedLosses.at`` takes them."""
+    primals = {name: p.detach() for name, p in params}
+    tangents = {name: t for (name, _), t in zip(params, tangent, strict=True)}
+    return primals, tangents
 
 
 class Forward:
@@ -130,8 +131,7 @@ class Forward:
         tangent: Sequence[torch.Tensor],
         values: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        primals = {name: p.detach() for name, p in params}
-        tangents = {name: t for (name, _), t in zip(params, tangent, strict=True)}
+        primals, tangents = _functional_point(params, tangent)
         with math_attention(), torch.no_grad():
             _, c = torch.func.jvp(losses.at, (primals,), (tangents,))
         return c
@@ -143,8 +143,7 @@ class Forward:
         meta: MetaFn,
         tangent: Sequence[torch.Tensor],
     ) -> list[torch.Tensor]:
-        primals = {name: p.detach() for name, p in params}
-        tangents = {name: t for (name, _), t in zip(params, tangent, strict=True)}
+        primals, tangents = _functional_point(params, tangent)
         gradient = torch.func.grad(lambda w: meta(losses.at(w)))
         # torch.func.grad ignores the outer no_grad, which only stops a graph to the caller.
         with math_attention(), torch.no_grad():

@@ -2,7 +2,8 @@
 
 Every solver computes the hypergradient of a ``meltr.hypergradients.MetaProblem`` through one
 method, ``hypergradient(problem)``, and says whether a data-parallel run can execute it
-(``supports_data_parallel``).
+(``supports_data_parallel``) and whether it multiplies by the Hessian (``uses_hvp``; when it does
+not, the products backend's HVP is never called).
 
 ``Identity``, ``Neumann``, ``ConjugateGradient`` and ``StocBIO`` are implicit solvers
 (``ImplicitSolver``): ``solve(hvp, v, sample_hvp)`` maps the gradient ``v = dL_pri/dw`` (a list of
@@ -40,6 +41,7 @@ class ImplicitSolver(abc.ABC):
     finite-difference products, which need only forwards and backwards)."""
 
     supports_data_parallel = True
+    uses_hvp = True
 
     def hypergradient(self, problem: MetaProblem) -> Hypergradient:
         return implicit_hypergradient(problem, self.solve)
@@ -53,6 +55,8 @@ class ImplicitSolver(abc.ABC):
 
 class Identity(ImplicitSolver):
     """``q = v``: the inverse Hessian taken as the identity (AID-FP-Lite; no HVP)."""
+
+    uses_hvp = False
 
     def solve(
         self, hvp: HVP, v: Sequence[torch.Tensor], sample_hvp: HVPSampler | None = None
@@ -165,6 +169,7 @@ class Unrolled:
     """
 
     supports_data_parallel = False
+    uses_hvp = False
     OPTIMIZERS = ("sgd", "adam")
 
     def __init__(self, steps: int = 3, lr: float = 1e-3, optimizer: str = "sgd") -> None:

@@ -192,7 +192,7 @@ def learner_methods(problem: Problem, reference: Reference, quick: bool) -> Meth
         solvers, products_names = [solvers[0], solvers[2]], ["finite_difference", "autograd"]
     methods: Methods = {}
     for solver in solvers:
-        extra = IDENTITY_ONLY_PRODUCTS if isinstance(solver, Identity) else []
+        extra = [] if solver.uses_hvp else IDENTITY_ONLY_PRODUCTS
         for products in products_names + extra:
             hyper = problem.learner(solver, products)
             methods[f"{solver!r} + {products}"] = lambda h=hyper: h.hypergradient(batch, batch)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
+
+from meltr.evidence.figures import new_figure
 
 
 def observed_loss_vectors(losses: dict[str, np.ndarray], tasks: list[str]) -> np.ndarray:
@@ -63,8 +63,7 @@ def plot_fig5(data: dict[str, Any], tasks: list[str], step: int, path: Path) -> 
         (f"head {h}", np.asarray(m)) for h, m in enumerate(data["per_head"])
     ]
     size = 0.5 * len(tasks) + 1.5
-    figure = Figure(figsize=(size * len(maps), size + 0.8), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(size * len(maps), size + 0.8)
     for index, (axes, (title, values)) in enumerate(
         zip(figure.subplots(1, len(maps), squeeze=False)[0], maps, strict=True)
     ):

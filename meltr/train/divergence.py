@@ -58,3 +58,15 @@ def keep_good_checkpoints(checkpoints: Path, last_applied_step: int) -> str:
         f"{checkpoints} holds no good checkpoint: the run diverged before its first one, and "
         "--resume starts it again from step 0"
     )
+
+
+def diverged(what: str, checkpoints: Path, last_applied: int, is_main: bool) -> TrainingStopped:
+    """The error that stops a run diverged as ``what`` says, once its checkpoints in
+    ``checkpoints`` from ``last_applied`` (the step of the last applied update) on are set aside
+    (``keep_good_checkpoints``, by the main process ``is_main``); its message says how to go on."""
+    kept = keep_good_checkpoints(checkpoints, last_applied) + ". " if is_main else ""
+    return TrainingStopped(
+        f"{what}. No checkpoint was saved after step {last_applied}, the last applied "
+        f"update. {kept}Lower the learning rates (or check the data) and continue with "
+        "--resume, e.g. --resume --backbone/AdamW.lr=..."
+    )

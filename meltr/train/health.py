@@ -28,6 +28,13 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from meltr.learner import MetaLearner
+    from meltr.train.recipe import RunSettings
 
 FLAGS = (
     "primary_at_chance",
@@ -127,3 +134,26 @@ class HealthMonitor:
                     "meta step",
                 )
         return {f"health/{flag}": float(flag in self.state["fired"]) for flag in FLAGS}
+
+
+def run_health_monitor(
+    loss_source: Any, learner: MetaLearner, settings: RunSettings, state: dict[str, Any]
+) -> HealthMonitor:
+    """The monitor of a training run: its primary task is the learner's first task (else the
+    loss source's), its chance level the loss source's ``chance_levels(settings.batch_size)``
+    (when it has them), the clipping check on when the meta optimizer is ``torch.optim.SGD`` (the
+    module docstring), its patience ``settings.health_patience``; ``state`` the run's saved one
+    (``Progress.health``)."""
+    tasks = learner.keys
+    primary = tasks[0] if tasks else list(getattr(loss_source, "tasks", ["?"]))[0]
+    chance_levels = getattr(loss_source, "chance_levels", None)
+    chance = chance_levels(settings.batch_size).get(primary) if chance_levels else None
+    # Clipping sets the meta step only under an optimizer whose step follows the gradient.
+    proportional = isinstance(learner.meta_optimizer, torch.optim.SGD)
+    return HealthMonitor(
+        primary,
+        chance,
+        learner.meta_grad_clip if proportional else None,
+        HealthThresholds(patience=settings.health_patience),
+        state=state,
+    )

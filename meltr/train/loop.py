@@ -56,11 +56,12 @@ from meltr.train.distributed import (
     gathered_parameters,
     wrap_model,
 )
-from meltr.train.divergence import TrainingStopped, keep_good_checkpoints, unhealthy_reason
-from meltr.train.health import HealthMonitor, HealthThresholds
+from meltr.train.divergence import TrainingStopped, diverged, unhealthy_reason
+from meltr.train.health import HealthMonitor, run_health_monitor
 from meltr.train.meters import IntervalMeter, SkipWarnings
 from meltr.train.preemption import PreemptionHandler
 from meltr.train.recipe import RunSettings, has_split, is_better
+from meltr.train.report import results_report, test_metrics
 from meltr.train.resume_settings import changed_settings, check_resumed_settings
 from meltr.train.run_directory import RunDirectoryLock
 from meltr.train.run_log import RunLog, StepLog, truncate_jsonl
@@ -327,31 +328,12 @@ class Trainer:
             )
 
     def _stopped(self, what: str, last_applied: int) -> TrainingStopped:
-        """The error that stops a diverged run, once its checkpoints from ``last_applied`` (the
-        step of the last applied update) on are set aside (``keep_good_checkpoints``)."""
-        kept = ""
-        if self.context.is_main:
-            kept = keep_good_checkpoints(self.run_dir / "checkpoints", last_applied) + ". "
-        return TrainingStopped(
-            f"{what}. No checkpoint was saved after step {last_applied}, the last applied "
-            f"update. {kept}Lower the learning rates (or check the data) and continue with "
-            "--resume, e.g. --resume --backbone/AdamW.lr=..."
-        )
+        return diverged(what, self.run_dir / "checkpoints", last_applied, self.context.is_main)
 
     def _health_monitor(self) -> HealthMonitor:
         """The health checks of this run; their state lives in (and resumes from) the progress."""
-        loss_source, tasks = self.recipe.loss_source, self.learner.keys
-        primary = tasks[0] if tasks else list(getattr(loss_source, "tasks", ["?"]))[0]
-        chance_levels = getattr(loss_source, "chance_levels", None)
-        chance = chance_levels(self.settings.batch_size).get(primary) if chance_levels else None
-        # Clipping sets the meta step only under an optimizer whose step follows the gradient.
-        proportional = isinstance(self.learner.meta_optimizer, torch.optim.SGD)
-        return HealthMonitor(
-            primary,
-            chance,
-            self.learner.meta_grad_clip if proportional else None,
-            HealthThresholds(patience=self.settings.health_patience),
-            state=self.progress.health,
+        return run_health_monitor(
+            self.recipe.loss_source, self.learner, self.settings, self.progress.health
         )
 
     def _evaluate_and_select(self, step: int) -> dict[str, float]:
@@ -393,36 +375,19 @@ class Trainer:
             return {}
         if final_metrics is None:  # resumed a finished run
             final_metrics = self.evaluate()
-        report = {
-            "selection": {
-                "metric": self.selection,
-                "higher_is_better": self.task.higher_is_better,
-                "best_step": progress.best_step,
-                "best_value": progress.best_value,
-            },
-            "last": {"step": progress.step, **_test_metrics(final_metrics)},
-            "best": {"step": progress.best_step, **_test_metrics(progress.best_metrics)},
-            "time": {
-                "step_seconds": progress.totals.get("time/step_seconds", 0.0),
-                "meta_seconds": progress.totals.get("time/meta_seconds", 0.0),
-            },
-        }
+        report = results_report(self.selection, self.task.higher_is_better, progress, final_metrics)
         if self.log is not None:
             self.log.finish()
         if is_main:
             (self.run_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
             print(f"run directory: {self.run_dir}")
-            print("final test metrics: " + json.dumps(_test_metrics(final_metrics)))
+            print("final test metrics: " + json.dumps(test_metrics(final_metrics)))
             print(
                 f"selected checkpoint (best {self.selection} = {progress.best_value} at step "
                 f"{progress.best_step}) test metrics: "
-                + json.dumps(_test_metrics(progress.best_metrics))
+                + json.dumps(test_metrics(progress.best_metrics))
             )
         return report
-
-
-def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {key: value for key, value in metrics.items() if key.startswith("test/")}
 
 
 def _seed_everything(seed: int) -> None:

@@ -11,7 +11,8 @@ import pytest
 from fake_msrvtt import TRAIN_7K, TRAIN_9K, make_release
 from fake_violet_release import make_kinetics
 
-from meltr.data.converters.msrvtt import MissingVideosError, convert_msrvtt
+from meltr.data.converters.msrvtt import convert_msrvtt
+from meltr.data.converters.release_files import MissingItemsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,11 +67,11 @@ def test_shards_without_a_record_are_not_mixed_with_a_new_conversion(release, tm
 def test_an_undecodable_video_is_missing_not_packed(release, tmp_path):
     (release / "videos" / "video3.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
     out = tmp_path / "shards"
-    with pytest.raises(MissingVideosError, match=r"video3 \(train: .*video3.mp4 does not decode"):
+    with pytest.raises(MissingItemsError, match=r"video3 \(train: .*video3.mp4 does not decode"):
         convert_msrvtt(release, out)
     assert not list(out.glob("*.tar"))
     result = convert_msrvtt(release, out, skip_missing=True)
-    assert [str(m.video_id) for m in result["skipped"]] == ["video3"]
+    assert [str(m.item_id) for m in result["skipped"]] == ["video3"]
     assert keys(result["train"]) == [video for video in TRAIN_9K if video != "video3"]
 
 

@@ -20,7 +20,8 @@ from fake_msrvtt import (
     make_release,
 )
 
-from meltr.data.converters.msrvtt import MissingVideosError, convert_msrvtt
+from meltr.data.converters.msrvtt import convert_msrvtt
+from meltr.data.converters.release_files import MissingItemsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,9 +113,9 @@ def test_missing_videos_and_captions_stop_the_conversion_naming_them(release, tm
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] != "video6"]
     (release / "MSR_VTT.json").write_text(json.dumps(data))
     out = tmp_path / "shards"
-    with pytest.raises(MissingVideosError, match="video2.*video6") as raised:
+    with pytest.raises(MissingItemsError, match="video2.*video6") as raised:
         convert_msrvtt(release, out)
-    assert [(m.video_id, m.split) for m in raised.value.missing] == [
+    assert [(m.item_id, m.split) for m in raised.value.missing] == [
         ("video2", "train"),
         ("video6", "test"),
     ]

@@ -79,19 +79,7 @@ def load_allinone_checkpoint(
     """
     state = read_state_dict(path, trust_pickle, ("state_dict", "model"))
     report = LoadReport()
-    backbone, meta = {}, {}
-    for key, value in state.items():
-        key = strip_prefixes(key, STRIPPED_PREFIXES)
-        if key.startswith(META_LOSS_PREFIX):
-            meta[key[len(META_LOSS_PREFIX) :]] = value
-        elif key in DROPPED_BUFFERS:
-            report.adapted[key] = "dropped (buffer recomputed by the model)"
-        elif key in RENAMED:
-            report.adapted[RENAMED[key]] = f"renamed from {key}"
-            backbone[RENAMED[key]] = value
-        else:
-            backbone[key] = value
-
+    backbone, meta = _split_state(state, report)
     own = model.state_dict()
     to_load = {}
     for key, value in backbone.items():
@@ -113,6 +101,27 @@ def load_allinone_checkpoint(
 
     report.log(path)
     return report
+
+
+def _split_state(
+    state: dict[str, Tensor], report: LoadReport
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(backbone, meta)``: the checkpoint's backbone weights under the model's names (prefixes
+    stripped, ``RENAMED`` applied, ``DROPPED_BUFFERS`` left out) and its meta network's weights
+    without ``META_LOSS_PREFIX``; renames and drops recorded in ``report.adapted``."""
+    backbone, meta = {}, {}
+    for key, value in state.items():
+        key = strip_prefixes(key, STRIPPED_PREFIXES)
+        if key.startswith(META_LOSS_PREFIX):
+            meta[key[len(META_LOSS_PREFIX) :]] = value
+        elif key in DROPPED_BUFFERS:
+            report.adapted[key] = "dropped (buffer recomputed by the model)"
+        elif key in RENAMED:
+            report.adapted[RENAMED[key]] = f"renamed from {key}"
+            backbone[RENAMED[key]] = value
+        else:
+            backbone[key] = value
+    return backbone, meta
 
 
 def _fit(key: str, value: Tensor, current: Tensor, report: LoadReport) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from meltr.backbones.alpro.timesformer import TimeSformer, VisualEncoder, init_timesformer
 from meltr.backbones.inputs import checked_text
 from meltr.backbones.violet.bert import BertEmbeddings, BertEncoder, BertMLMHead, init_bert_weights
-from meltr.backbones.violet.transforms import IMAGENET_MEAN, IMAGENET_STD
+from meltr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 MODES = ("video", "text", "temperature", "fusion", "mlm", "qa")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from meltr.backbones.violet.transforms import IMAGENET_MEAN, IMAGENET_STD
+from meltr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 AREA = (0.3, 0.5)
 ASPECT = (0.3, 1 / 0.3)

@@ -15,10 +15,8 @@ import torch
 from torch import Tensor
 
 from meltr.data.text import IGNORE_INDEX, MaskingVocab
+from meltr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-# The statistics the video is normalised with (the release normalises inside its model).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FILLS = ("black", "zero")
 
 

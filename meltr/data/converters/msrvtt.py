@@ -34,7 +34,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from meltr.data.converters.release_files import load_pickle, read_csv_rows, read_lines
+from meltr.data.converters.release_files import (
+    MissingItem,
+    MissingItemsError,
+    load_pickle,
+    read_csv_rows,
+    read_lines,
+)
 from meltr.data.decoders import VideoCaptions
 from meltr.data.video import VideoDecodeError, check_video_file
 from meltr.data.writer import Sample, write_shards
@@ -56,18 +62,6 @@ class MsrvttVideo:
     split: str
 
 
-@dataclass(frozen=True)
-class MissingVideo:
-    """A listed video that cannot be written, and why."""
-
-    video_id: str
-    split: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.video_id} ({self.split}: {self.reason})"
-
-
 @dataclass
 class MsrvttPlan:
     """What a conversion writes: videos per split, and the listed videos that cannot be written."""
@@ -75,21 +69,8 @@ class MsrvttPlan:
     train: list[MsrvttVideo] = field(default_factory=list)
     val: list[MsrvttVideo] = field(default_factory=list)
     test: list[MsrvttVideo] = field(default_factory=list)
-    missing: list[MissingVideo] = field(default_factory=list)
+    missing: list[MissingItem] = field(default_factory=list)
     test_caption_source: str = ""
-
-
-class MissingVideosError(ValueError):
-    """Listed videos without an mp4 file or without captions; ``missing`` names them."""
-
-    def __init__(self, missing: list[MissingVideo]):
-        self.missing = missing
-        shown = ", ".join(str(m) for m in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        super().__init__(
-            f"{len(missing)} listed MSRVTT videos cannot be converted: {shown}{more} "
-            "(pass skip_missing / --skip-missing to leave them out)"
-        )
 
 
 def plan_msrvtt(root: str | os.PathLike, split: str = "9k", val_videos: int = 0) -> MsrvttPlan:
@@ -140,16 +121,16 @@ def convert_msrvtt(
 
     Returns:
         ``{"train": [shard paths], "val": [shard paths], "test": [shard paths], "skipped":
-        [MissingVideo],
+        [MissingItem],
         "test_caption_source": file the test captions came from}``.
 
     Raises:
-        MissingVideosError: some listed videos have no mp4 or no caption and ``skip_missing`` is
+        MissingItemsError: some listed videos have no mp4 or no caption and ``skip_missing`` is
             false; raised before anything is written.
     """
     plan = plan_msrvtt(root, split, val_videos)
     if plan.missing and not skip_missing:
-        raise MissingVideosError(plan.missing)
+        raise MissingItemsError("MSRVTT", plan.missing)
 
     def write(split: str, videos: list[MsrvttVideo]) -> list:
         return write_shards(
@@ -205,15 +186,15 @@ def _add(plan: MsrvttPlan, root: Path, video_id: str, captions: list[str], split
     decode (``check_video_file``)."""
     path = root / "videos" / f"{video_id}.mp4"
     if not path.is_file():
-        plan.missing.append(MissingVideo(video_id, split, f"no file {path}"))
+        plan.missing.append(MissingItem(video_id, split, f"no file {path}"))
         return
     if not captions:
-        plan.missing.append(MissingVideo(video_id, split, f"no caption in {ANNOTATIONS}"))
+        plan.missing.append(MissingItem(video_id, split, f"no caption in {ANNOTATIONS}"))
         return
     try:
         check_video_file(path)
     except VideoDecodeError as error:
-        plan.missing.append(MissingVideo(video_id, split, f"{path} does not decode: {error}"))
+        plan.missing.append(MissingItem(video_id, split, f"{path} does not decode: {error}"))
         return
     getattr(plan, split).append(MsrvttVideo(video_id, path, tuple(captions), split))
 

@@ -172,34 +172,9 @@ def plan_text_classification(
     writes nothing. TextTableError naming the file and column for a table that cannot make a
     classification dataset (fewer than two classes, a requested label it lacks, an empty split)."""
     columns = [text_column, label_column] + ([group_column] if group_column else [])
-    rows = read_table(path, columns)
     plan = TextPlan(classes=[], splits={})
-    kept = []
-    for number, row in enumerate(rows):
-        if not row[text_column]:
-            plan.skipped_empty_text += 1
-        elif not row[label_column]:
-            plan.skipped_empty_label += 1
-        elif labels is not None and row[label_column] not in labels:
-            plan.dropped_labels[row[label_column]] = (
-                plan.dropped_labels.get(row[label_column], 0) + 1
-            )
-        else:
-            kept.append((number, row))
-    found = sorted({row[label_column] for _, row in kept})
-    if labels is not None:
-        unseen = [label for label in labels if label not in found]
-        if unseen:
-            raise TextTableError(
-                f"{path}: label column {label_column!r} has no row labelled {unseen} (it has "
-                f"{found + sorted(plan.dropped_labels)})"
-            )
-    plan.classes = list(labels) if labels is not None else found
-    if len(plan.classes) < 2:
-        raise TextTableError(
-            f"{path}: label column {label_column!r} has {len(plan.classes)} class(es) "
-            f"{plan.classes} among the usable rows; classification needs at least two"
-        )
+    kept = _usable_rows(read_table(path, columns), text_column, label_column, labels, plan)
+    plan.classes = _classes(path, label_column, labels, kept, plan)
     group_of = [row[group_column] if group_column else str(number) for number, row in kept]
     assignment = assign_splits(
         group_of,
@@ -230,6 +205,57 @@ def plan_text_classification(
                 f"{len(set(group_of))} groups); lower val_size / test_size"
             )
     return plan
+
+
+def _usable_rows(
+    rows: Sequence[dict[str, str]],
+    text_column: str,
+    label_column: str,
+    labels: Sequence[str] | None,
+    plan: TextPlan,
+) -> list[tuple[int, dict[str, str]]]:
+    """``(row number, row)`` of the rows with a text and a label (one of ``labels`` when given);
+    the others counted in ``plan``'s ``skipped_empty_text``, ``skipped_empty_label`` and
+    ``dropped_labels``."""
+    kept = []
+    for number, row in enumerate(rows):
+        if not row[text_column]:
+            plan.skipped_empty_text += 1
+        elif not row[label_column]:
+            plan.skipped_empty_label += 1
+        elif labels is not None and row[label_column] not in labels:
+            plan.dropped_labels[row[label_column]] = (
+                plan.dropped_labels.get(row[label_column], 0) + 1
+            )
+        else:
+            kept.append((number, row))
+    return kept
+
+
+def _classes(
+    path: str | os.PathLike,
+    label_column: str,
+    labels: Sequence[str] | None,
+    kept: list[tuple[int, dict[str, str]]],
+    plan: TextPlan,
+) -> list[str]:
+    """The class names: ``labels`` in their order, else the ``kept`` rows' labels sorted.
+    TextTableError when a requested label has no row or there are fewer than two classes."""
+    found = sorted({row[label_column] for _, row in kept})
+    if labels is not None:
+        unseen = [label for label in labels if label not in found]
+        if unseen:
+            raise TextTableError(
+                f"{path}: label column {label_column!r} has no row labelled {unseen} (it has "
+                f"{found + sorted(plan.dropped_labels)})"
+            )
+    classes = list(labels) if labels is not None else found
+    if len(classes) < 2:
+        raise TextTableError(
+            f"{path}: label column {label_column!r} has {len(classes)} class(es) "
+            f"{classes} among the usable rows; classification needs at least two"
+        )
+    return classes
 
 
 def _shuffled(

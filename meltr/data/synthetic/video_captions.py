@@ -113,20 +113,7 @@ def generate_synthetic_dataset(
         "phrasing": phrasing,
     }
     _check_arguments(arguments)
-    rendering = dict(num_frames=num_frames, size=size, fps=fps, codec=codec, seed=seed)
-    rendering |= dict(combinations=combinations, phrasing=phrasing)
-    splits = {}
-    for split, count, num_captions in (
-        ("train", num_train, captions_per_train_video),
-        ("val", num_val, 1),
-        ("test", num_test, 1),
-    ):
-        splits[split] = [
-            ClipDescription(
-                f"synth-{split}-{i:06d}", split, i, num_captions=num_captions, **rendering
-            )
-            for i in range(count)
-        ]
+    splits = _clip_descriptions(arguments)
     vocab = {"vocab.txt": text_lines(build_vocab())}
     plan = DatasetPlan(splits, materialise_clip, VideoCaptions, samples_per_shard, vocab)
     paths = generate_dataset(out_dir, "synthetic", arguments, plan, workers, replace)
@@ -137,6 +124,29 @@ def ensure_synthetic_dataset(cache_dir: str | os.PathLike, **kwargs) -> dict:
     """``generate_synthetic_dataset(cache_dir, replace=True, **kwargs)``: the dataset with these
     arguments in ``cache_dir``, replacing another one there."""
     return generate_synthetic_dataset(cache_dir, replace=True, **kwargs)
+
+
+def _clip_descriptions(arguments: dict) -> dict[str, list[ClipDescription]]:
+    """Per split, the descriptions of its clips (``synth-<split>-<index>``) rendered as
+    ``arguments`` (``generate_synthetic_dataset``'s, checked) say; training clips carry
+    ``captions_per_train_video`` captions, the others one."""
+    rendering = {
+        key: arguments[key]
+        for key in ("num_frames", "size", "fps", "codec", "seed", "combinations", "phrasing")
+    }
+    splits = {}
+    for split, count, num_captions in (
+        ("train", arguments["num_train"], arguments["captions_per_train_video"]),
+        ("val", arguments["num_val"], 1),
+        ("test", arguments["num_test"], 1),
+    ):
+        splits[split] = [
+            ClipDescription(
+                f"synth-{split}-{i:06d}", split, i, num_captions=num_captions, **rendering
+            )
+            for i in range(count)
+        ]
+    return splits
 
 
 def _check_arguments(arguments: dict) -> None:

@@ -12,27 +12,14 @@ import torch
 from tiny_text import MASK, bert_texts, redraw_weights
 
 from meltr.backbones.alpro import Alpro, EntityCrop
+from meltr.backbones.alpro.contract import FRAMES, PATCH, SIZE, SIZES
 from meltr.data.text import MaskTokens
 
-FRAMES, SIZE, PATCH = 3, 16, 8
 GRID = SIZE // PATCH
-TINY = dict(
-    vocab_size=40,
-    max_text_positions=16,
-    width=16,
-    text_layers=3,
-    fusion_layer=2,
-    text_heads=2,
-    text_inner=32,
-    image_size=SIZE,
-    patch_size=PATCH,
-    num_frames=FRAMES,
-    video_depth=2,
-    video_heads=2,
-    mlp_ratio=2.0,
-    drop_path=0.1,
-    proj_dim=8,
-)
+# The contract's sizes without its entities and answers, with drop path.
+TINY = {
+    key: value for key, value in SIZES.items() if key not in ("num_entities", "num_answers")
+} | dict(drop_path=0.1)
 # Keyword arguments of official_alpro.alpro_shapes() matching TINY.
 TINY_OFFICIAL = dict(
     vocab=40,

@@ -11,7 +11,7 @@ from alpro_tiny import FRAMES, GRID, PATCH, SIZE, TINY, texts, tiny_model, video
 from meltr.backbones.alpro import Alpro
 from meltr.backbones.alpro.model import CLIP_MEAN, CLIP_STD
 from meltr.backbones.alpro.timesformer import TimeSformer
-from meltr.backbones.violet.transforms import IMAGENET_MEAN, IMAGENET_STD
+from meltr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 B, L = 3, 7
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from meltr.backbones.alpro import EntityCrop
-from meltr.backbones.violet.transforms import IMAGENET_MEAN, IMAGENET_STD
+from meltr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 BLACK = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)])
 

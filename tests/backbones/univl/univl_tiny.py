@@ -6,23 +6,10 @@ from dataclasses import dataclass, field
 import torch
 
 from meltr.backbones.univl import UniVLDecoderInputs, UniVLMasking
+from meltr.backbones.univl.contract import FRAMES, SIZES, TEXT_LENGTH
 
-TINY = dict(
-    vocab_size=30,
-    hidden_size=16,
-    heads=2,
-    intermediate_size=24,
-    text_layers=2,
-    visual_layers=2,
-    cross_layers=2,
-    decoder_layers=2,
-    max_text_positions=12,
-    max_frame_positions=8,
-    max_cross_positions=20,
-    video_dim=10,
-    dropout=0.0,
-)
-TEXT_LENGTH, FRAMES = 8, 5
+# The contract's sizes without the sentiment head, without dropout.
+TINY = {key: value for key, value in SIZES.items() if key != "sentiment_head"} | dict(dropout=0.0)
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from meltr.backbones.violet.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     BlockwiseVideoMask,
     MaskTextTokens,
     blockwise_mask,
 )
 from meltr.data.text import WordPieceTokenizer
+from meltr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 WORDS = ["a", "red", "box", "moves", "left", "fast", "on", "the", "blue", "grass"]
 

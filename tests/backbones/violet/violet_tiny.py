@@ -8,26 +8,9 @@ import torch
 from tiny_text import CLS, MASK, SEP, bert_texts, redraw_weights  # noqa: F401 (ids re-exported)
 
 from meltr.backbones.violet import Violet
+from meltr.backbones.violet.contract import CELL, FRAMES, GRID, SIZE, SIZES  # noqa: F401
 
-FRAMES, SIZE, GRID, CELL = 3, 32, 4, 8
-TINY = dict(
-    vocab_size=40,
-    max_text_positions=12,
-    width=16,
-    cross_layers=2,
-    cross_heads=2,
-    cross_inner=32,
-    swin_embed_dim=8,
-    swin_depths=(2, 2),
-    swin_heads=(1, 2),
-    swin_window=(2, 2, 2),
-    swin_drop_path=0.1,
-    max_frames=4,
-    max_grid=5,
-    mvm_vocab_size=11,
-    cls_id=CLS,
-    sep_id=SEP,
-)
+TINY = SIZES | dict(swin_drop_path=0.1)  # the contract's sizes, with drop path in the Swin
 # Keyword arguments of official_violet.violet_shapes() matching TINY.
 TINY_OFFICIAL = dict(
     vocab=40,
