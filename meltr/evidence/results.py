@@ -114,12 +114,16 @@ def method_rows(results: Sequence[RunResult], metric: str, baseline: str | None)
     return rows
 
 
-def verdict(test: PairedComparison, higher_is_better: bool, baseline: str) -> str:
-    """A plain statement of ``test``'s t-test (method minus baseline over common seeds)."""
+def verdict(test: PairedComparison, higher_is_better: bool | None, baseline: str) -> str:
+    """A plain statement of ``test``'s t-test (method minus baseline over common seeds): better
+    or worse when the metric's direction is known (``higher_is_better``), higher or lower when
+    it is None."""
     if test.n < 2:
         return f"one common seed with {baseline}: no test"
-    better = (test.mean_difference > 0) == higher_is_better
-    direction = "better" if better else "worse"
+    if higher_is_better is None:
+        direction = "higher" if test.mean_difference > 0 else "lower"
+    else:
+        direction = "better" if (test.mean_difference > 0) == higher_is_better else "worse"
     if test.mean_difference == 0:
         return f"equal to {baseline} on every seed"
     if test.p < SIGNIFICANCE:
@@ -127,11 +131,17 @@ def verdict(test: PairedComparison, higher_is_better: bool, baseline: str) -> st
     return f"not distinguishable from {baseline} (p = {test.p:.2f})"
 
 
-def markdown_table(results: Sequence[RunResult], metric: str, baseline: str | None) -> str:
+def markdown_table(
+    results: Sequence[RunResult],
+    metric: str,
+    baseline: str | None,
+    higher_is_better: bool | None = None,
+) -> str:
     """The markdown table of ``metric`` per method: n, mean, std, min, max, and against
     ``baseline``: the gain (mean paired difference ± its standard error), its bootstrap
-    confidence interval, the paired t-test's verdict and p (better or worse in the direction of
-    the runs' selection metric) and the Wilcoxon signed-rank p."""
+    confidence interval, the paired t-test's verdict and p (better or worse when
+    ``higher_is_better`` gives the metric's direction, higher or lower when it is None) and
+    the Wilcoxon signed-rank p."""
     level = f"{100 * CONFIDENCE:g} %"
     lines = [
         "| method | seeds | mean | std | min | max | gain over "
@@ -151,7 +161,7 @@ def markdown_table(results: Sequence[RunResult], metric: str, baseline: str | No
                 "-" if math.isnan(test.ci_low) else f"[{test.ci_low:+.2f}, {test.ci_high:+.2f}]"
             )
             wilcoxon = "-" if math.isnan(test.wilcoxon_p) else f"{test.wilcoxon_p:.3g}"
-            statement = verdict(test, results[0].higher_is_better, baseline)
+            statement = verdict(test, higher_is_better, baseline)
         lines.append(
             f"| {row.method} | {s.n} | {s.mean:.2f} | {s.std:.2f} | {s.min:.2f} | {s.max:.2f} "
             f"| {gain} | {interval} | {statement} | {wilcoxon} |"
@@ -202,13 +212,13 @@ def write_markdown(
         f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}), tested with a two-sided "
         "paired t-test (the verdict) and a two-sided Wilcoxon signed-rank test (zero "
         "differences dropped; exact for up to 13 seeds). All from scipy.stats.",
-        markdown_table(results, metric, baseline),
+        markdown_table(results, metric, baseline, results[0].higher_is_better),
     ]
     last = "last/" + metric.removeprefix("best/")
     if metric.startswith("best/") and any(last in r.metrics for r in results):
         sections += [
             f"## {last}: the last checkpoint instead of the selected one",
-            markdown_table(results, last, baseline),
+            markdown_table(results, last, baseline, results[0].higher_is_better),
         ]
     times = time_table(results, baseline)
     if times:

@@ -9,6 +9,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
+from meltr.evidence.results import RunResult, markdown_table
 from meltr.evidence.stats import (
     CONFIDENCE,
     bootstrap_mean_ci,
@@ -134,3 +135,18 @@ def test_degenerate_pairs():
     assert (equal.ci_low, equal.ci_high) == (0.0, 0.0)
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_a_metric_of_unknown_direction_is_called_higher_or_lower_not_better_or_worse():
+    """results.md's tables of the other test metrics (MedR: lower is better) must not inherit the
+    selection metric's direction: a method with the smaller MedR on every seed is "lower"."""
+    medr = {"multi-task": [2.0, 2.5, 3.0], "meltr": [1.0, 1.0, 1.5]}
+    results = [
+        RunResult(method, seed, "val/t2v_R@1", True, {"best/test/t2v_MedR": value})
+        for method, values in medr.items()
+        for seed, value in enumerate(values)
+    ]
+    unknown = markdown_table(results, "best/test/t2v_MedR", "multi-task")
+    assert "lower than multi-task" in unknown and "worse" not in unknown
+    known = markdown_table(results, "best/test/t2v_MedR", "multi-task", higher_is_better=False)
+    assert "better than multi-task" in known
